@@ -1,0 +1,64 @@
+"""The root `olmo` command: registers the command groups, global options and error rendering.
+
+Command modules import only typer at module level (heavy imports live inside the functions that
+need them), so `olmo --help` and tab completion never import torch.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from olmo_cli import __version__
+from olmo_cli.commands import presets
+
+app = typer.Typer(
+    name="olmo",
+    help="Train and use OLMo-family open language models: presets, and more commands as they land."
+    "\n\nExamples:\n\n  olmo presets list\n\n  olmo presets show 7b --gpus 8",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(presets.app, name="presets")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"olmo {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        bool, typer.Option("--version", "-V", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show full tracebacks instead of one-line errors.")
+    ] = False,
+) -> None:
+    """olmo: one command line for OLMo models."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args
+    try:
+        app(args=args, prog_name="olmo")
+    except KeyboardInterrupt:
+        from olmo_cli import ui
+
+        ui.print_error("interrupted")
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - the one place exceptions become messages
+        from olmo_cli.errors import OlmoError
+
+        if debug or not isinstance(exc, OlmoError):
+            raise
+        from olmo_cli import ui
+
+        ui.print_error(exc.message, details=exc.details, hint=exc.hint)
+        sys.exit(exc.exit_code)

@@ -1,0 +1,48 @@
+"""Options shared by several commands, declared once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def complete_preset(incomplete: str) -> list[str]:
+    from olmo_cli.config.presets import preset_names
+
+    return [name for name in preset_names() if name.startswith(incomplete)]
+
+
+PresetOption = Annotated[
+    str | None,
+    typer.Option(
+        "--preset",
+        "-p",
+        help="A preset by name (see `olmo presets list`).",
+        autocompletion=complete_preset,
+        show_default=False,
+    ),
+]
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help="A config YAML instead of a preset; upstream OLMo config files load as they are.",
+        dir_okay=False,
+        show_default=False,
+    ),
+]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        "-s",
+        help="Override one config value, e.g. --set model.n_layers=4 --set data.paths=[a.npy,b.npy] "
+        "--set wandb=null. Repeatable; applied after the file, before interpolation.",
+        metavar="KEY=VALUE",
+        show_default=False,
+    ),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
