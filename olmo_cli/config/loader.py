@@ -107,9 +107,15 @@ def _translate(error: ValidationError, source: str, overridden: set[str]) -> Con
 
 def _describe(err: dict[str, Any]) -> str:
     msg: str = err["msg"]
-    for prefix, replacement in (("Value error, ", ""), ("Input should be ", "expected ")):
+    for prefix, replacement in (
+        ("Value error, ", ""),
+        ("Input should be greater", "expected a value greater"),
+        ("Input should be less", "expected a value less"),
+        ("Input should be ", "expected "),
+    ):
         if msg.startswith(prefix):
             msg = replacement + msg[len(prefix) :]
+            break
     if err["type"] == "missing":
         return "is required but missing"
     value = err.get("input")
