@@ -26,7 +26,9 @@ def test_readme_install_avoids_the_cuda_download():
     # Every install line on a CPU machine goes through the constraints file pinning the CPU wheel.
     installs = [c for c in _readme_commands() if c.startswith("pip install")]
     assert installs and all("-c constraints/cpu.txt" in c for c in installs)
-    pins = [line for line in (ROOT / "constraints/cpu.txt").read_text().splitlines() if not line.startswith("#")]
+    pins = [
+        line for line in (ROOT / "constraints/cpu.txt").read_text().splitlines() if not line.startswith("#")
+    ]
     assert pins == ["torch==2.13.0"]
 
 

@@ -71,7 +71,9 @@ def _preset_info(raw: Any, source: str) -> PresetInfo | None:
     return PresetInfo(**raw)
 
 
-def validate(data: dict[str, Any], *, source: str = "config", overridden: set[str] = frozenset()) -> TrainConfig:
+def validate(
+    data: dict[str, Any], *, source: str = "config", overridden: set[str] = frozenset()
+) -> TrainConfig:
     try:
         return TrainConfig.model_validate(data)
     except ValidationError as e:
@@ -101,7 +103,8 @@ def _translate(error: ValidationError, source: str, overridden: set[str]) -> Con
     return ConfigError(
         f"{source} has {count} invalid setting{'s' if count > 1 else ''}:",
         details=details,
-        hint="fix the value in the file or with --set KEY=VALUE; `olmo presets show NAME` prints a valid config",
+        hint="fix the value in the file or with --set KEY=VALUE; "
+        "`olmo presets show NAME` prints a valid config",
     )
 
 

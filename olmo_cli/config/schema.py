@@ -396,7 +396,9 @@ class TrainConfig(Section):
     load_path: str | None = None
     load_path_sharded_checkpointer: Annotated[
         Literal["torch_legacy", "torch_new", "local", "olmo_core"] | None,
-        NotActedOn("sharded checkpoints are read in the torch.distributed.checkpoint layout", (None, "torch_new")),
+        NotActedOn(
+            "sharded checkpoints are read in the torch.distributed.checkpoint layout", (None, "torch_new")
+        ),
     ] = None
     try_load_latest_save: bool = False
     reset_optimizer_state: bool = False
@@ -425,7 +427,8 @@ class TrainConfig(Section):
     gen1_gc_interval: int | None = 1
     compile: CompilerConfig | None = None
     distributed_strategy: Annotated[
-        Literal["fsdp", "ddp"] | None, NotActedOn("olmo shards with FSDP2 at every world size", ("fsdp", None))
+        Literal["fsdp", "ddp"] | None,
+        NotActedOn("olmo shards with FSDP2 at every world size", ("fsdp", None)),
     ] = "fsdp"
     fsdp: FSDPConfig = Field(default_factory=FSDPConfig)
     ddp: Annotated[DDPConfig | None, NotActedOn("olmo shards with FSDP2, not DDP")] = None
@@ -442,7 +445,9 @@ class TrainConfig(Section):
     activation_checkpointing: Annotated[
         ActivationCheckpointing | None, BeforeValidator(_legacy_activation_checkpointing)
     ] = None
-    fused_loss: Annotated[bool | None, NotActedOn("flash-attn's fused loss is not used", (None, False))] = None
+    fused_loss: Annotated[bool | None, NotActedOn("flash-attn's fused loss is not used", (None, False))] = (
+        None
+    )
     hf_datasets_cache_dir: Annotated[str | None, NotActedOn("deprecated upstream")] = None
     module_outputs_save_steps: Annotated[list[int] | None, NotActedOn(_PROFILING)] = None
 

@@ -45,11 +45,20 @@ def _error(write_config, data=None, overrides=()) -> str:
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
-        (["model.n_layres=4"], "model.n_layres: unknown key 'n_layres'; did you mean 'n_layers'? (from --set)"),
+        (
+            ["model.n_layres=4"],
+            "model.n_layres: unknown key 'n_layres'; did you mean 'n_layers'? (from --set)",
+        ),
         (["optimzer.learning_rate=1"], "optimzer: unknown key 'optimzer'; did you mean 'optimizer'?"),
         (["evaluators.0.dta={}"], "evaluators.0.dta: unknown key 'dta'; did you mean 'data'?"),
-        (["optimizer.learning_rate=-3e-4"], "optimizer.learning_rate: got -0.0003, expected a value greater than 0"),
-        (["model.activation_type=gelu2"], "model.activation_type: got 'gelu2', expected 'gelu', 'relu' or 'swiglu'"),
+        (
+            ["optimizer.learning_rate=-3e-4"],
+            "optimizer.learning_rate: got -0.0003, expected a value greater than 0",
+        ),
+        (
+            ["model.activation_type=gelu2"],
+            "model.activation_type: got 'gelu2', expected 'gelu', 'relu' or 'swiglu'",
+        ),
         (["max_duration=3 days"], "max_duration: max_duration '3 days' is not steps"),
         (["model.d_model=100"], "model: d_model (100) must be divisible by n_heads (32)"),
         (["data.datasets={a: [x]}"], "data.paths and data.datasets are mutually exclusive"),
@@ -72,7 +81,9 @@ def test_unknown_key_in_the_file_lists_choices_when_nothing_is_close(write_confi
     data = upstream_style_config()
     data["speed_monitor"]["zzz"] = 1
     message = _error(write_config, data)
-    assert "speed_monitor.zzz: unknown key 'zzz'; valid keys here: window_size, gpu_flops_available" in message
+    assert (
+        "speed_monitor.zzz: unknown key 'zzz'; valid keys here: window_size, gpu_flops_available" in message
+    )
     assert "(from --set)" not in message
 
 
@@ -101,8 +112,13 @@ def test_defaults_are_upstreams():
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [(10000, (10000, "steps")), ("739_328", (739328, "steps")), ("2e12T", (2 * 10**12, "tokens")),
-     ("2ep", (2, "epochs")), ("1e4", (10000, "steps"))],
+    [
+        (10000, (10000, "steps")),
+        ("739_328", (739328, "steps")),
+        ("2e12T", (2 * 10**12, "tokens")),
+        ("2ep", (2, "epochs")),
+        ("1e4", (10000, "steps")),
+    ],
 )
 def test_max_duration_forms(value, expected):
     assert parse_duration(value) == expected
@@ -141,7 +157,8 @@ UPSTREAM_FIELDS = {
         timeout seed instance_filter""",
     "tokenizer": "identifier truncate_direction",
     "speed_monitor": "window_size gpu_flops_available",
-    "fsdp": "use_orig_params sharding_strategy wrapping_strategy precision hybrid_sharding_num_model_replicas",
+    "fsdp": """use_orig_params sharding_strategy wrapping_strategy precision
+        hybrid_sharding_num_model_replicas""",
     "": """run_name seed epoch dry_run model optimizer scheduler data restore_dataloader
         fast_forward_batches evaluators eval_interval tokenizer save_folder remote_save_folder
         canceled_check_interval save_interval save_interval_unsharded save_interval_ephemeral

@@ -27,8 +27,14 @@ def test_every_preset_loads_cleanly(name):
 
 @pytest.mark.parametrize(
     ("name", "params"),
-    [("1b", 1_176_764_416), ("7b", 6_888_095_744), ("7b-twin-2t", 6_888_095_744),
-     ("7b-0424", 6_888_095_744), ("7b-0724", 6_888_095_744), ("65b", 65_584_234_496)],
+    [
+        ("1b", 1_176_764_416),
+        ("7b", 6_888_095_744),
+        ("7b-twin-2t", 6_888_095_744),
+        ("7b-0424", 6_888_095_744),
+        ("7b-0724", 6_888_095_744),
+        ("65b", 65_584_234_496),
+    ],
 )
 def test_exact_parameter_counts(name, params):
     assert derived.num_params(load_config(preset=name).config.model) == params
@@ -38,10 +44,62 @@ def test_exact_parameter_counts(name, params):
 OFFICIAL = {
     "1b": (4e-4, "cosine_with_warmup", "steps", 2000, None, 2048, 8, 2048, None, True, False, 739328),
     "7b": (3e-4, "linear_with_warmup", "steps", 5000, None, 2048, 2, 2048, None, False, False, "2e12T"),
-    "7b-twin-2t": (3e-4, "linear_with_warmup", "steps", 5000, None, 2048, 2, 2048, None, False, False, "2e12T"),
-    "7b-0424": (3e-4, "cosine_with_warmup", "tokens", 10485760000, 3 * 10**12, 1024, 2, 4096, 8.0, False, True, "2ep"),
-    "7b-0724": (3e-4, "cosine_with_warmup", "tokens", 10485760000, 3 * 10**12, 1024, 2, 4096, 8.0, False, True, "2ep"),
-    "65b": (1.5e-4, "cosine_with_warmup", "tokens", 10485760000, 2 * 10**12, 4096, 1, 2048, None, False, True, "2e12T"),
+    "7b-twin-2t": (
+        3e-4,
+        "linear_with_warmup",
+        "steps",
+        5000,
+        None,
+        2048,
+        2,
+        2048,
+        None,
+        False,
+        False,
+        "2e12T",
+    ),
+    "7b-0424": (
+        3e-4,
+        "cosine_with_warmup",
+        "tokens",
+        10485760000,
+        3 * 10**12,
+        1024,
+        2,
+        4096,
+        8.0,
+        False,
+        True,
+        "2ep",
+    ),
+    "7b-0724": (
+        3e-4,
+        "cosine_with_warmup",
+        "tokens",
+        10485760000,
+        3 * 10**12,
+        1024,
+        2,
+        4096,
+        8.0,
+        False,
+        True,
+        "2ep",
+    ),
+    "65b": (
+        1.5e-4,
+        "cosine_with_warmup",
+        "tokens",
+        10485760000,
+        2 * 10**12,
+        4096,
+        1,
+        2048,
+        None,
+        False,
+        True,
+        "2e12T",
+    ),
 }
 
 
@@ -59,7 +117,12 @@ def test_presets_carry_the_official_settings(name):
     assert cfg.max_duration == duration
     assert (cfg.optimizer.name, cfg.optimizer.weight_decay, cfg.optimizer.eps) == ("adamw", 0.1, 1e-5)
     assert cfg.optimizer.betas == (0.9, 0.95)
-    assert (cfg.precision, cfg.fsdp.precision, cfg.max_grad_norm, cfg.seed) == ("amp_bf16", "mixed", 1.0, 6198)
+    assert (cfg.precision, cfg.fsdp.precision, cfg.max_grad_norm, cfg.seed) == (
+        "amp_bf16",
+        "mixed",
+        1.0,
+        6198,
+    )
     m = cfg.model
     assert (m.vocab_size, m.embedding_size, m.eos_token_id, m.pad_token_id) == (50280, 50304, 50279, 1)
     assert (m.rope, m.include_bias, m.layer_norm_with_affine, m.init_fn) == (True, False, False, "mitchell")
@@ -70,7 +133,10 @@ def test_flops_per_token_follow_upstreams_formula():
     model = load_config(preset="1b").config.model
     non_embedding = 1_176_764_416 - 50304 * 2048
     attention = 16 * 2048 * 2048
-    assert derived.flops_per_token(model) == (2 * non_embedding + 4 * attention, 4 * 1_176_764_416 + 8 * attention)
+    assert derived.flops_per_token(model) == (
+        2 * non_embedding + 4 * attention,
+        4 * 1_176_764_416 + 8 * attention,
+    )
 
 
 def test_training_tokens():
@@ -102,8 +168,12 @@ def test_presets_show_cli_json():
     assert data["not_acted_on"] == []
 
 
-@pytest.mark.parametrize(("name", "count"), [("1b", "1,176,764,416"), ("7b", "6,888,095,744"), ("65b", "65,584,234,496")])
+@pytest.mark.parametrize(
+    ("name", "count"), [("1b", "1,176,764,416"), ("7b", "6,888,095,744"), ("65b", "65,584,234,496")]
+)
 def test_presets_show_prints_exact_counts(name, count):
-    out = subprocess.run(["olmo", "presets", "show", name, "--gpus", "8"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        ["olmo", "presets", "show", name, "--gpus", "8"], capture_output=True, text=True, check=True
+    )
     assert count in out.stdout
     assert "memory per GPU (8 GPUs" in out.stdout

@@ -1,0 +1,1 @@
+"""Conversions between olmo's native checkpoints and other ecosystems' formats (Hugging Face)."""
