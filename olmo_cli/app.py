@@ -47,18 +47,31 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
     try:
-        app(args=args, prog_name="olmo")
+        # Not standalone: Typer's own usage errors come back to us and get the same one-line form.
+        result = app(args=args, prog_name="olmo", standalone_mode=False)
     except KeyboardInterrupt:
-        from olmo_cli import ui
-
-        ui.print_error("interrupted")
-        sys.exit(130)
+        _fail("interrupted", code=130)
+    except typer.Abort:
+        _fail("aborted", code=1)
+    except typer.TyperException as exc:  # a parse error: unknown command, bad option value
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            sys.exit(0)  # the help was printed; asking for it is not an error
+        if debug:
+            raise
+        ctx = getattr(exc, "ctx", None)
+        hint = f"run '{ctx.command_path} --help' for usage" if ctx is not None else "run 'olmo --help'"
+        _fail(exc.format_message(), code=getattr(exc, "exit_code", 2), hint=hint)
     except Exception as exc:  # noqa: BLE001 - the one place exceptions become messages
         from olmo_cli.errors import OlmoError
 
         if debug or not isinstance(exc, OlmoError):
             raise
-        from olmo_cli import ui
+        _fail(exc.message, code=exc.exit_code, details=exc.details, hint=exc.hint)
+    sys.exit(result if isinstance(result, int) else 0)
 
-        ui.print_error(exc.message, details=exc.details, hint=exc.hint)
-        sys.exit(exc.exit_code)
+
+def _fail(message: str, *, code: int, details: list[str] | None = None, hint: str | None = None) -> None:
+    from olmo_cli import ui
+
+    ui.print_error(message, details=details, hint=hint)
+    sys.exit(code)

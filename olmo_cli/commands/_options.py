@@ -39,7 +39,8 @@ SetOption = Annotated[
     typer.Option(
         "--set",
         "-s",
-        help="Override one config value, e.g. --set model.n_layers=4 --set data.paths=[a.npy,b.npy] "
+        # Help text is rich markup: a bare [a.npy,b.npy] would be read as a style tag and vanish.
+        help="Override one config value, e.g. --set model.n_layers=4 --set data.paths=\\[a.npy,b.npy] "
         "--set wandb=null. Repeatable; applied after the file, before interpolation.",
         metavar="KEY=VALUE",
         show_default=False,

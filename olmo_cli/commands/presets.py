@@ -72,8 +72,7 @@ def show_preset(
     gpus: GpusOption = 1,
     json_output: JsonOption = False,
 ) -> None:
-    """Print a preset (or a config file) fully resolved, then its parameters, training FLOPs and
-    memory per GPU.
+    """Print a preset or config file fully resolved, with parameters, FLOPs and memory per GPU.
 
     Examples:
 
@@ -87,7 +86,14 @@ def show_preset(
     from olmo_cli.config.derived import summarize
     from olmo_cli.config.loader import load_config
     from olmo_cli.config.yamlio import dump_yaml
+    from olmo_cli.errors import UsageError
 
+    if (name is None) == (config is None):
+        # load_config's own message names --preset, which this command spells as a positional NAME.
+        raise UsageError(
+            "give a preset name or --config FILE" + ("" if name is None else ", not both"),
+            hint="`olmo presets list` shows the presets; e.g. olmo presets show 1b",
+        )
     loaded = load_config(preset=name, config_file=config, overrides=overrides or [])
     published = loaded.preset.training_tokens if loaded.preset else None
     summary = summarize(loaded.config, gpus=gpus, published_tokens=published)

@@ -91,8 +91,7 @@ def _translate(error: ValidationError, source: str, overridden: set[str]) -> Con
             key = path.rsplit(".", 1)[-1]
             text = f"unknown key '{key}'"
             valid = list(parent_model.model_fields) if parent_model else []
-            close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
-            text += f"; did you mean '{close[0]}'?" if close else f"; valid keys here: {', '.join(valid)}"
+            text += _suggest(key, valid)
         else:
             text = _describe(err)
         if path in overridden:
@@ -106,6 +105,18 @@ def _translate(error: ValidationError, source: str, overridden: set[str]) -> Con
         hint="fix the value in the file or with --set KEY=VALUE; "
         "`olmo presets show NAME` prints a valid config",
     )
+
+
+def _suggest(key: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+    if close:
+        return f"; did you mean '{close[0]}'?"
+    if len(valid) <= 12:
+        return f"; valid keys here: {', '.join(valid)}"
+    # A long section (the top level has ~75 keys): name a few candidates, not the whole list.
+    loose = difflib.get_close_matches(key, valid, n=3, cutoff=0.3)
+    maybe = f" (closest: {', '.join(loose)})" if loose else ""
+    return f"; not a key of this section{maybe}; `olmo presets show tiny` prints every valid key"
 
 
 def _describe(err: dict[str, Any]) -> str:

@@ -1,0 +1,1 @@
+complete --command olmo --no-files --arguments "(env _OLMO_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) olmo)" --condition "env _OLMO_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) olmo"

@@ -1,0 +1,1 @@
+"""End-to-end tests of the `olmo` command line: its shape, completion, errors and import rules."""
