@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from olmo_cli import __version__
-from olmo_cli.commands import presets
+from olmo_cli.commands import data, inspect, presets
 
 app = typer.Typer(
     name="olmo",
@@ -23,6 +23,8 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.add_typer(presets.app, name="presets")
+app.add_typer(data.app, name="data")
+app.command("inspect-batch")(inspect.inspect_batch)
 
 
 def _version(value: bool) -> None:

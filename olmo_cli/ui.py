@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
+from rich.progress import ProgressColumn, Task
 from rich.table import Table
+from rich.text import Text
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -78,3 +82,52 @@ def warn_ignored(ignored: list[Any]) -> None:
     warn(f"{len(ignored)} setting{'s' if len(ignored) > 1 else ''} in this config are not acted on:")
     for item in ignored:
         err_console.print(f"  {item.path} = {item.value!r}: {item.why}", markup=False, soft_wrap=True)
+
+
+@contextmanager
+def progress(
+    description: str, total: float | None, *, rates: dict[str, str] | None = None, enabled: bool = True
+) -> Iterator[Callable[..., None]]:
+    """A progress bar on stderr with an ETA; yields `update(completed, total=None, **counts)`.
+
+    `rates` maps a count's name to the unit shown for its rate since the start (e.g. {"documents":
+    "docs"} -> "1.2K docs/s"); counts already done when the bar starts (a resumed run) are left out.
+    """
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+
+    if not enabled:
+        yield lambda completed, **counts: None
+        return
+    columns = [TextColumn("{task.description}"), BarColumn(), TaskProgressColumn()]
+    columns += [_RateColumn(name, unit) for name, unit in (rates or {}).items()]
+    columns.append(TimeRemainingColumn())
+    # Shown from the first update on: work that ends (or fails) before any progress leaves no empty bar.
+    bar = Progress(*columns, console=err_console, transient=False)
+    task = bar.add_task(description, total=total)
+    start: dict[str, float] = {}
+
+    def update(completed: float, total: float | None = None, **counts: float) -> None:
+        if not bar.live.is_started:
+            bar.start()
+        for name, value in counts.items():
+            start.setdefault(name, value)
+        fields = {**{f"{k}_start": v for k, v in start.items()}, **counts}
+        bar.update(task, completed=completed, total=total, **fields)  # total None: unchanged
+
+    try:
+        yield update
+    finally:
+        if bar.live.is_started:
+            bar.stop()
+
+
+class _RateColumn(ProgressColumn):
+    def __init__(self, name: str, unit: str) -> None:
+        super().__init__()
+        self.name, self.unit = name, unit
+
+    def render(self, task: Task) -> Text:
+        elapsed = task.elapsed or 0.0
+        done = task.fields.get(self.name, 0) - task.fields.get(f"{self.name}_start", 0)
+        rate = done / elapsed if elapsed > 0 else 0.0
+        return Text(f"{human_count(rate)} {self.unit}/s", style="cyan")

@@ -43,6 +43,7 @@ def test_wheel_ships_presets_and_package(tmp_path):
     presets = {p.name for p in (ROOT / "presets").glob("*.yaml")}
     assert {f"olmo_cli/presets/{p}" for p in presets} <= names
     assert "olmo_cli/app.py" in names and "olmo_cli/config/schema.py" in names
+    assert "olmo_cli/data/builtin/tiny-bpe-4096.json" in names  # the tiny preset's offline tokenizer
     assert not any(n.startswith("tests/") for n in names)
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "olmo = olmo_cli.app:main" in zipfile.ZipFile(wheel).read(entry_points).decode()

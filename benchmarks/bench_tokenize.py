@@ -1,0 +1,146 @@
+"""Tokenization throughput of `olmo data tokenize` against the Dolma toolkit's `dolma tokens`.
+
+Same corpus, same tokenizer JSON file, same number of processes, measured in one run:
+- corpus: the default corpus (olmo_cli/data/corpus.py, the standard library's documentation and
+  source) written as JSON Lines, repeated to about --mb megabytes and split into --files files (dolma
+  hands whole files to its processes, so it needs at least one file per process);
+- tokenizer: the built-in tiny-bpe-4096 JSON file, EOS 0, pad 1, uint16 output;
+- each tool runs --repeats times in a fresh output directory; the best wall time counts (the machine
+  has other work; the minimum is the least disturbed figure). Wall time includes start-up.
+
+Documents/s, tokens/s and MB/s (of JSONL read) for each tool, then the ratio olmo/dolma last.
+
+`dolma` pins old versions of tokenizers and numpy that conflict with this project's, so install it in
+a virtualenv of its own and point --dolma at its executable:
+
+    python -m venv /tmp/dolma-venv && /tmp/dolma-venv/bin/pip install dolma
+    python benchmarks/bench_tokenize.py --dolma /tmp/dolma-venv/bin/dolma [--processes 2] [--mb 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from olmo_cli.data.corpus import default_corpus_documents  # noqa: E402
+from olmo_cli.data.tokenizer import BUILTIN, BUILTIN_DIR  # noqa: E402
+
+TOKENIZER_FILE = BUILTIN_DIR / BUILTIN["tiny-bpe-4096"][0]
+EOS, PAD = 0, 1
+
+
+def write_corpus(directory: Path, megabytes: float, files: int) -> tuple[list[Path], int, int]:
+    """The default corpus repeated to `megabytes`, dealt round-robin into `files` JSONL files.
+    Returns (paths, documents, bytes)."""
+    lines = [
+        json.dumps({"id": d.id, "text": d.text, "source": "python-stdlib"}, ensure_ascii=False) + "\n"
+        for d in default_corpus_documents()
+    ]
+    one_pass = sum(len(line.encode()) for line in lines)
+    repeats = max(1, round(megabytes * 1e6 / one_pass))
+    paths = [directory / f"corpus-{i:03d}.jsonl" for i in range(files)]
+    handles = [p.open("w", encoding="utf-8") for p in paths]
+    documents = 0
+    for r in range(repeats):
+        for line in lines:
+            record = json.loads(line)
+            record["id"] = f"{record['id']}#{r}"  # unique ids, as a real corpus has
+            handles[documents % files].write(json.dumps(record, ensure_ascii=False) + "\n")
+            documents += 1
+    for h in handles:
+        h.close()
+    return paths, documents, sum(p.stat().st_size for p in paths)
+
+
+def olmo_command(inputs: list[Path], out: Path, processes: int) -> list[str]:
+    exe = Path(sys.executable).with_name("olmo")
+    base = [str(exe)] if exe.is_file() else [sys.executable, "-m", "olmo_cli"]
+    return [
+        *base, "data", "tokenize", *map(str, inputs), "--tokenizer", str(TOKENIZER_FILE),
+        "--eos-token-id", str(EOS), "--output", str(out), "--processes", str(processes), "--quiet", "--json",
+    ]  # fmt: skip
+
+
+def dolma_command(dolma: str, inputs: list[Path], out: Path, processes: int) -> list[str]:
+    return [
+        dolma, "tokens", "--documents", *map(str, inputs), "--destination", str(out),
+        "--tokenizer.name_or_path", str(TOKENIZER_FILE), "--tokenizer.eos_token_id", str(EOS),
+        "--tokenizer.pad_token_id", str(PAD), "--processes", str(processes), "--dtype", "uint16",
+        "--seed", "3920",
+    ]  # fmt: skip
+
+
+def timed(command: list[str], out: Path) -> tuple[float, str]:
+    shutil.rmtree(out, ignore_errors=True)
+    start = time.perf_counter()
+    proc = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "NO_COLOR": "1"})
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"failed ({proc.returncode}): {' '.join(command)}\n{proc.stderr[-3000:]}")
+    return seconds, proc.stdout
+
+
+def count_tokens(out: Path) -> int:
+    return sum(p.stat().st_size for p in out.rglob("*.npy") if not p.name.endswith(".mask.npy")) // 2
+
+
+def main() -> int:
+    raw = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=raw)
+    parser.add_argument("--dolma", default=shutil.which("dolma"), help="the dolma executable")
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--mb", type=float, default=40.0, help="corpus size in MB (JSONL)")
+    parser.add_argument("--files", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--dir", default=None, help="where to write the corpus and outputs")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="bench-tokenize-", dir=args.dir))
+    try:
+        inputs, documents, size = write_corpus(work, args.mb, args.files)
+        print(f"corpus: {documents:,} documents, {size / 1e6:.1f} MB in {len(inputs)} files; "
+              f"tokenizer {TOKENIZER_FILE.name}; {args.processes} processes")  # fmt: skip
+        results: dict[str, tuple[float, int]] = {}
+        olmo_out = work / "olmo"
+        command = olmo_command(inputs, olmo_out, args.processes)
+        best = min(timed(command, olmo_out) for _ in range(args.repeats))
+        summary = json.loads(best[1])
+        assert summary["documents"] == documents, summary
+        results["olmo data tokenize"] = (best[0], summary["tokens"])
+        if not args.dolma or not Path(args.dolma).exists():
+            print(
+                "dolma: not found. It cannot share this project's environment (dolma 1.2 pins tokenizers "
+                "0.19 and numpy < 2; installing it there downgrades both); install it in its own virtualenv "
+                "and pass --dolma PATH (see this script's docstring)."
+            )
+        else:
+            dolma_out = work / "dolma"
+            seconds = min(timed(dolma_command(args.dolma, inputs, dolma_out, args.processes), dolma_out)[0]
+                          for _ in range(args.repeats))  # fmt: skip
+            results["dolma tokens"] = (seconds, count_tokens(dolma_out))
+        print(f"{'tool':<20} {'seconds':>8} {'docs/s':>10} {'tokens/s':>12} {'MB/s':>7} {'tokens':>12}")
+        for tool, (seconds, tokens) in results.items():
+            print(f"{tool:<20} {seconds:>8.2f} {documents / seconds:>10,.0f} {tokens / seconds:>12,.0f} "
+                  f"{size / 1e6 / seconds:>7.2f} {tokens:>12,}")  # fmt: skip
+        if "dolma tokens" in results:
+            ratio = results["dolma tokens"][0] / results["olmo data tokenize"][0]
+            print(f"ratio (olmo throughput / dolma throughput, {args.processes} processes): {ratio:.2f}x")
+        else:
+            print("ratio: not measured (dolma unavailable)")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

