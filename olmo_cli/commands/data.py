@@ -8,11 +8,12 @@ from typing import Annotated, Any
 
 import typer
 
-from olmo_cli.commands._options import JsonOption
+from olmo_cli.commands._options import ConfigOption, JsonOption, PresetOption, SetOption
 
 app = typer.Typer(
     help="Prepare training data: tokenize documents into the token files training reads."
-    "\n\nExamples:\n\n  olmo data tokenize docs/*.jsonl.gz -t builtin:tiny-bpe-4096 -o data/tok",
+    "\n\nExamples:\n\n  olmo data tokenize docs/*.jsonl.gz -t builtin:tiny-bpe-4096 -o data/tok"
+    "\n\n  olmo data inspect data/tok --preset tiny",
     no_args_is_help=True,
 )
 
@@ -184,6 +185,133 @@ def _summary_table(s: dict[str, Any]) -> Any:
                 f"{ui.human_count(s['tokens'] / seconds)} tok/s, {s['input_bytes'] / seconds / 1e6:.1f} MB/s",
             ),
         ]
+    for name, value in rows:
+        table.add_row(name, value)
+    return table
+
+
+@app.command("inspect")
+def inspect_command(
+    paths: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="DIR|FILES...",
+            help="Token data: a directory from `olmo data tokenize`, token files, globs or http(s) URLs.",
+            show_default=False,
+        ),
+    ],
+    preset: PresetOption = None,
+    config: ConfigOption = None,
+    overrides: SetOption = None,
+    seq_len: Annotated[
+        int | None,
+        typer.Option(
+            "--seq-len",
+            min=1,
+            help="Instance length to count instances for (default: the config's model.max_sequence_length, "
+            "else 2048).",
+            show_default=False,
+        ),
+    ] = None,
+    vocab_size: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Check every id is below this (default: the config's model.vocab_size; none without a "
+            "config).",
+            show_default=False,
+        ),
+    ] = None,
+    dtype: Annotated[
+        Dtype, typer.Option(help="Token dtype; auto: the manifest's, else the config's, else uint16.")
+    ] = Dtype.auto,
+    eos_token_id: Annotated[
+        int | None,
+        typer.Option(
+            help="EOS id, to count documents in files without a manifest (default: the manifest's, else "
+            "the config's).",
+            show_default=False,
+        ),
+    ] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Summarize token data: dtype, tokens, documents, instances, largest token id.
+
+    Token and instance counts come from file sizes; the largest id (and documents, where no manifest
+    gives them) takes one pass over the data, in chunks, with a progress bar. With --preset/--config
+    the sequence length, vocabulary, dtype and EOS id come from the config, and an id not below the
+    model's vocabulary size is an error (exit 3) before any training starts.
+
+    Examples:
+
+      olmo data inspect data/tok
+
+      olmo data inspect data/tok --preset tiny
+
+      olmo data inspect 'data/*.npy' --seq-len 4096 --vocab-size 50280 --dtype uint16 --json
+    """
+    from olmo_cli import ui
+    from olmo_cli.data.summary import inspect_token_data
+
+    length, vocab, cfg_dtype, cfg_eos = 2048, None, None, None
+    if preset is not None or config is not None or overrides:
+        from olmo_cli.config.loader import load_config
+
+        cfg = load_config(preset=preset, config_file=config, overrides=overrides or []).config
+        length, vocab = cfg.model.max_sequence_length, cfg.model.vocab_size
+        cfg_dtype, cfg_eos = cfg.data.memmap_dtype, cfg.model.eos_token_id
+    with ui.progress("scanning", None, rates={"tokens": "tok"}, enabled=not json_output) as update:
+
+        def on_progress(done: int, total: int) -> None:
+            if not started:  # the rate counts from zero, not from the first chunk read
+                started.append(True)
+                update(0, total=total, tokens=0)
+            update(done, total=total, tokens=done)
+
+        started: list[bool] = []
+        summary = inspect_token_data(
+            paths,
+            seq_len or length,
+            vocab_size or vocab,
+            on_progress,
+            dtype=None if dtype is Dtype.auto else dtype.value,
+            default_dtype=cfg_dtype,
+            eos_token_id=eos_token_id,
+            default_eos_token_id=cfg_eos,
+        )
+    if json_output:
+        ui.print_json(_inspect_json(summary))
+    else:
+        ui.console.print(_inspect_table(summary))
+    summary.check_vocab()
+
+
+def _inspect_json(summary: Any) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return {**asdict(summary), "dropped_tokens": summary.dropped_tokens, "fits_vocab": summary.fits_vocab}
+
+
+def _inspect_table(s: Any) -> Any:  # a TokenDataSummary
+    from olmo_cli import ui
+
+    table = ui.table("", "value", title=f"Token data: {len(s.files)} file(s)", right=("value",))
+    documents = "unknown" if s.documents is None else f"{s.documents:,} ({s.documents_from})"
+    vocab = "not checked (give --vocab-size or a config)"
+    if s.vocab_size is not None:
+        verdict = "ok" if s.fits_vocab in (True, None) else "TOO LARGE"
+        vocab = f"{s.vocab_size:,}: {verdict}"
+    rows = [
+        ("dtype", s.dtype),
+        ("tokens", f"{s.tokens:,}"),
+        ("documents", documents),
+        (f"instances of {s.seq_len:,} tokens", f"{s.instances:,}"),
+        ("tokens past the last whole instance", f"{s.dropped_tokens:,}"),
+        ("largest token id", "-" if s.max_token_id is None else f"{s.max_token_id:,}"),
+        ("vocabulary size", vocab),
+        ("EOS id", "-" if s.eos_token_id is None else str(s.eos_token_id)),
+        ("tokenizer", s.tokenizer or "-"),
+    ]
     for name, value in rows:
         table.add_row(name, value)
     return table

@@ -84,18 +84,23 @@ def inspect_token_data(
     *,
     dtype: str | None = None,
     eos_token_id: int | None = None,
+    default_dtype: str | None = None,
+    default_eos_token_id: int | None = None,
 ) -> TokenDataSummary:
     """Summarize token data (directories from `olmo data tokenize`, files, globs, URLs).
 
-    `dtype` and `eos_token_id` default to what the manifests say, else uint16 and no EOS (then
-    documents are counted only where a manifest gives them). Does not raise for ids beyond
+    `dtype` and `eos_token_id`, when given, win; else what the manifests say; else `default_dtype`
+    (uint16 without one) and `default_eos_token_id` (without one, documents are counted only where a
+    manifest gives them). Does not raise for ids beyond
     `vocab_size`: the summary's `check_vocab()` does, so a caller can show the numbers first.
     """
     files = expand_data_paths(paths)
     manifests = {f.manifest.directory: f.manifest for f in files if f.manifest is not None}
-    dtype = dtype or _agreed("dtype", {m.dtype for m in manifests.values()}) or "uint16"
+    dtype = dtype or _agreed("dtype", {m.dtype for m in manifests.values()}) or default_dtype or "uint16"
     if eos_token_id is None:
         eos_token_id = _agreed("EOS id", {m.eos_token_id for m in manifests.values()} - {None})
+    if eos_token_id is None:
+        eos_token_id = default_eos_token_id
     identifiers = {m.tokenizer.get("identifier") for m in manifests.values()}
     dataset = dataset_from_token_files(files, seq_len, dtype)
     scanned = [0]
