@@ -1,0 +1,13 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from ._server import Server, serve
+
+
+@pytest.fixture
+def server() -> Iterator[Server]:
+    with serve() as s:
+        yield s
