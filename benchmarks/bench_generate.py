@@ -1,0 +1,122 @@
+"""Generation throughput of `olmo generate`'s engine against transformers' `generate`, same model.
+
+One random model from a preset (default: tiny) is written as a native checkpoint, converted with
+`convert-hf`, and loaded by both sides from disk: ours from the native checkpoint, transformers'
+`AutoModelForCausalLM.from_pretrained` from the export. Same dtype, same thread count, greedy, a prompt
+of --prompt-len tokens and --new-tokens new tokens (EOS never ends a row early on either side), at each
+batch size. Repetitions are interleaved (ours, theirs, ours, ...) so that load from others sharing
+the machine hits both alike; the median counts. Both outputs are checked token for token first.
+
+Prints tokens/s for each side and batch size, then the ratio ours/transformers at batch 1 last.
+
+    python benchmarks/bench_generate.py [--preset tiny] [--dtype fp32|bf16] [--threads 2] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from olmo_cli.checkpoint.unsharded import write_unsharded  # noqa: E402
+from olmo_cli.config.loader import load_config  # noqa: E402
+from olmo_cli.config.yamlio import dump_yaml  # noqa: E402
+from olmo_cli.convert.export import export_hf  # noqa: E402
+from olmo_cli.model.generate import GenerationSettings, generate_ids  # noqa: E402
+from olmo_cli.model.load import load_model, load_tokenizer, read_checkpoint  # noqa: E402
+from olmo_cli.model.olmo import build_model  # noqa: E402
+
+
+def make_models(
+    preset: str, dtype: torch.dtype, directory: Path
+) -> tuple[torch.nn.Module, torch.nn.Module, int]:
+    import transformers
+
+    cfg = load_config(preset=preset, overrides=["model.init_std=0.3", "model.init_fn=normal"]).config
+    native = build_model(cfg.model, seed=0)
+    write_unsharded(
+        directory / "step0-unsharded", native.state_dict(), None, None, dump_yaml(cfg.model_dump(mode="json"))
+    )
+    found = read_checkpoint(directory / "step0-unsharded")
+    export_hf(found, load_tokenizer(found), directory / "hf")
+    ours = load_model(found, dtype=dtype)
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(directory / "hf", dtype=dtype).eval()
+    return ours, theirs, cfg.model.vocab_size
+
+
+def run_ours(model: torch.nn.Module, prompts: torch.Tensor, new: int) -> list[list[int]]:
+    settings = GenerationSettings(max_new_tokens=new, pad_token_id=1)  # no EOS: always `new` tokens
+    return [g.token_ids for g in generate_ids(model, prompts.tolist(), settings)]
+
+
+def run_theirs(model: torch.nn.Module, prompts: torch.Tensor, new: int) -> list[list[int]]:
+    with torch.inference_mode():
+        out = model.generate(
+            prompts,
+            attention_mask=torch.ones_like(prompts),
+            do_sample=False,
+            max_new_tokens=new,
+            min_new_tokens=new,
+            pad_token_id=1,
+        )
+    return out[:, prompts.shape[1] :].tolist()
+
+
+def timed(fn: Callable[..., object], *args: object) -> float:
+    start = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--prompt-len", type=int, default=32)
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--batch-sizes", default="1,8")
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    with tempfile.TemporaryDirectory() as tmp:
+        ours, theirs, vocab = make_models(args.preset, dtype, Path(tmp))
+    print(
+        f"preset {args.preset}, {args.dtype}, {args.threads} threads, prompt {args.prompt_len}, "
+        f"{args.new_tokens} new tokens, greedy, median of {args.repeats} interleaved runs"
+    )
+    ratios = {}
+    for batch in (int(b) for b in args.batch_sizes.split(",")):
+        prompts = torch.randint(
+            2, vocab, (batch, args.prompt_len), generator=torch.Generator().manual_seed(batch)
+        )
+        same = run_ours(ours, prompts, args.new_tokens) == run_theirs(theirs, prompts, args.new_tokens)
+        ours_s, theirs_s = [], []
+        for _ in range(args.repeats):
+            ours_s.append(timed(run_ours, ours, prompts, args.new_tokens))
+            theirs_s.append(timed(run_theirs, theirs, prompts, args.new_tokens))
+        tokens = batch * args.new_tokens
+        a, b = tokens / statistics.median(ours_s), tokens / statistics.median(theirs_s)
+        ratios[batch] = a / b
+        print(
+            f"batch {batch}: olmo {a:,.0f} tokens/s, transformers {b:,.0f} tokens/s, ratio {a / b:.2f}x "
+            f"(same tokens: {same})"
+        )
+    first = min(ratios)
+    print(f"ratio olmo/transformers at batch {first}: {ratios[first]:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,303 @@
+"""`olmo generate`: text from any checkpoint (native, upstream, sharded, Hugging Face), streamed."""
+
+from __future__ import annotations
+
+import time
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from olmo_cli.commands._options import JsonOption
+
+if TYPE_CHECKING:
+    import torch
+
+    from olmo_cli.data.tokenizer import ResolvedTokenizer
+    from olmo_cli.model.generate import Completion, GenerationSettings
+    from olmo_cli.model.olmo import OLMo
+
+
+class Dtype(str, Enum):
+    auto = "auto"
+    bf16 = "bf16"
+    fp32 = "fp32"
+
+
+def generate(
+    checkpoint: Annotated[
+        Path,
+        typer.Argument(
+            metavar="CKPT",
+            help="A checkpoint: stepN-unsharded/, a sharded stepN/, a run folder (its latest) or a Hugging "
+            "Face Olmo directory.",
+            show_default=False,
+        ),
+    ],
+    prompt: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--prompt",
+            "-p",
+            metavar="TEXT",
+            help="A prompt. Repeatable: several run as one batch.",
+            show_default=False,
+        ),
+    ] = None,
+    prompts_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--prompts-file",
+            "-f",
+            help='One prompt per line; or .jsonl with {"prompt": ...} or {"messages": [...]} per line; "-" '
+            "reads stdin.",
+            show_default=False,
+            dir_okay=False,
+            allow_dash=True,
+        ),
+    ] = None,
+    chat: Annotated[
+        bool, typer.Option("--chat", help="Wrap each prompt as a user turn in the OLMo/Tulu chat format.")
+    ] = False,
+    max_new_tokens: Annotated[
+        int, typer.Option("--max-new-tokens", "-n", min=1, help="Tokens to generate.")
+    ] = 128,
+    temperature: Annotated[
+        float, typer.Option("--temperature", min=0.0, help="0 is greedy; higher samples more freely.")
+    ] = 0.0,
+    top_k: Annotated[
+        int | None,
+        typer.Option("--top-k", min=1, help="Sample among the k likeliest tokens.", show_default=False),
+    ] = None,
+    top_p: Annotated[
+        float | None,
+        typer.Option(
+            "--top-p",
+            min=0.0,
+            max=1.0,
+            help="Sample from the smallest set holding this much probability.",
+            show_default=False,
+        ),
+    ] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed for sampling.", show_default=False)] = None,
+    stop: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--stop", help="Stop a completion at this text (not included). Repeatable.", show_default=False
+        ),
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Prompts generated together.")] = 8,
+    device: Annotated[
+        str | None,
+        typer.Option(
+            "--device", help="cpu, cuda, cuda:1, ... (default: cuda if available).", show_default=False
+        ),
+    ] = None,
+    dtype: Annotated[
+        Dtype, typer.Option("--dtype", help="Weights and compute dtype; auto is bf16 on GPU, fp32 on CPU.")
+    ] = Dtype.auto,
+    json_output: JsonOption = False,
+) -> None:
+    """Generate text from a checkpoint: greedy or sampled, with a KV cache, streaming to the terminal.
+
+    Examples:
+
+      olmo generate runs/olmo-tiny --prompt "The history of"
+
+      olmo generate hf/OLMo-1B-hf -p "Language models are" -n 64 --temperature 0.8 --top-p 0.95 --seed 1
+
+      olmo generate ckpt/step1000-unsharded --chat -p "Write a haiku about rivers." --stop "<|user|>"
+
+      olmo generate runs/olmo-tiny --prompts-file prompts.jsonl --json > out.json
+    """
+    from dataclasses import replace
+
+    from olmo_cli import ui
+    from olmo_cli.errors import UsageError
+    from olmo_cli.model.generate import GenerationSettings
+    from olmo_cli.model.load import load_model, load_tokenizer, read_checkpoint
+
+    try:  # checked before the (slow) model load
+        settings = GenerationSettings(max_new_tokens, temperature, top_k, top_p, seed)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    texts, conversations = _read_prompts(prompt, prompts_file, chat)
+    where = _device(device)
+    torch_dtype = _dtype(dtype, where)
+    found = read_checkpoint(checkpoint)
+    for warning in found.warnings:
+        ui.warn(warning)
+    tokenizer = load_tokenizer(found)
+    ids = tokenizer.identity
+    settings = replace(settings, eos_token_id=ids.eos_token_id, pad_token_id=ids.pad_token_id)
+    model = load_model(found, device=where, dtype=torch_dtype)
+    prompts = _encode(texts, conversations, tokenizer)
+    _warn_length(prompts, max_new_tokens, found.config.model.max_sequence_length)
+    stream = len(prompts) == 1 and not json_output
+    start = time.perf_counter()
+    results = _run(model, tokenizer, prompts, settings, stop or [], batch_size, stream)
+    seconds = time.perf_counter() - start
+    generated = sum(len(c.token_ids) for c in results)
+    if json_output:
+        ui.print_json(_as_json(found.path, texts, results, settings, seconds, where, torch_dtype))
+        return
+    if not stream:
+        for i, (text, result) in enumerate(zip(texts, results, strict=True)):
+            ui.console.rule(f"prompt {i + 1}", style="dim")
+            ui.console.print(text, style="dim", markup=False, highlight=False)
+            ui.console.out(result.text)
+    ui.err_console.print(
+        f"[dim]{generated} tokens in {seconds:.2f}s ({generated / max(seconds, 1e-9):.1f} tokens/s, "
+        f"{where} {str(torch_dtype).removeprefix('torch.')})[/]"
+    )
+
+
+def _read_prompts(
+    prompt: list[str] | None, prompts_file: Path | None, chat: bool
+) -> tuple[list[str], list[list[tuple[str, str]] | None]]:
+    """(display text, conversation or None) per prompt; a conversation is rendered with the chat format."""
+    import json
+    import sys
+
+    from olmo_cli.data.chat import ChatFormatError, parse_messages
+    from olmo_cli.errors import UsageError
+
+    if (prompt is None) == (prompts_file is None):
+        raise UsageError("give --prompt TEXT or --prompts-file FILE (one of them)")
+    if prompt is not None:
+        return list(prompt), [[("user", p)] if chat else None for p in prompt]
+    assert prompts_file is not None
+    try:
+        raw = sys.stdin.read() if str(prompts_file) == "-" else prompts_file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"cannot read {prompts_file}: {e}") from None
+    lines = [line for line in raw.splitlines() if line.strip()]
+    if not lines:
+        raise UsageError(f"{prompts_file} holds no prompts")
+    if prompts_file.suffix != ".jsonl":
+        return lines, [[("user", line)] if chat else None for line in lines]
+    texts, conversations = [], []
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+            if "messages" in record:
+                messages = parse_messages(record)
+                texts.append(messages[-1][1])
+                conversations.append(messages)
+                continue
+            text = record["prompt"]
+            if not isinstance(text, str):
+                raise TypeError("`prompt` is not a string")
+        except (ValueError, KeyError, TypeError, ChatFormatError) as e:
+            raise UsageError(
+                f"{prompts_file} line {number}: {e}",
+                hint='each line is {"prompt": "..."} or {"messages": [{"role": "user", "content": "..."}]}',
+            ) from None
+        texts.append(text)
+        conversations.append([("user", text)] if chat else None)
+    return texts, conversations
+
+
+def _encode(
+    texts: list[str], conversations: list[list[tuple[str, str]] | None], tokenizer: ResolvedTokenizer
+) -> list[list[int]]:
+    from olmo_cli.data.chat import render_prompt
+
+    eos = tokenizer.identity.eos_token_id
+    prompts = []
+    for text, conversation in zip(texts, conversations, strict=True):
+        if conversation is not None:
+            prompts.append(render_prompt(conversation, tokenizer.tokenizer, eos, tokenizer.eos_token))
+        else:
+            # No BOS in OLMo; an empty prompt starts a fresh document, which EOS marks.
+            prompts.append(tokenizer.encode(text, add_special_tokens=False) or [eos])
+    return prompts
+
+
+def _warn_length(prompts: list[list[int]], max_new_tokens: int, trained: int) -> None:
+    from olmo_cli import ui
+
+    longest = max(map(len, prompts)) + max_new_tokens
+    if longest > trained:
+        ui.warn(
+            f"prompt + --max-new-tokens reaches {longest} tokens, past the {trained} the model was "
+            "trained on; quality drops beyond it"
+        )
+
+
+def _run(
+    model: OLMo,
+    tokenizer: ResolvedTokenizer,
+    prompts: list[list[int]],
+    settings: GenerationSettings,
+    stop: list[str],
+    batch_size: int,
+    stream: bool,
+) -> list[Completion]:
+    from olmo_cli import ui
+    from olmo_cli.model.generate import generate_text
+
+    on_text = (lambda _row, delta: ui.console.out(delta, end="", highlight=False)) if stream else None
+    results = []
+    for first in range(0, len(prompts), batch_size):
+        batch = prompts[first : first + batch_size]
+        results += generate_text(model, tokenizer, batch, settings, stop_strings=stop, on_text=on_text)
+    if stream:
+        ui.console.out("")
+    return results
+
+
+def _device(name: str | None) -> torch.device:
+    import torch
+
+    from olmo_cli.errors import UsageError
+
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise UsageError(f"--device {name}: {e}", hint="cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: CUDA is not available here", hint="use --device cpu")
+    return device
+
+
+def _dtype(choice: Dtype, device: torch.device) -> torch.dtype:
+    import torch
+
+    if choice is Dtype.auto:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return torch.bfloat16 if choice is Dtype.bf16 else torch.float32
+
+
+def _as_json(
+    path: Path,
+    texts: list[str],
+    results: list[Completion],
+    settings: GenerationSettings,
+    seconds: float,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> dict[str, Any]:
+    generated = sum(len(c.token_ids) for c in results)
+    return {
+        "checkpoint": str(path),
+        "device": str(device),
+        "dtype": str(dtype).removeprefix("torch."),
+        "settings": {k: v for k, v in settings.__dict__.items()},
+        "seconds": round(seconds, 4),
+        "tokens_per_second": round(generated / max(seconds, 1e-9), 2),
+        "results": [
+            {
+                "prompt": text,
+                "completion": result.text,
+                "finish_reason": result.finish_reason,
+                "prompt_tokens": result.prompt_tokens,
+                "completion_tokens": len(result.token_ids),
+                "token_ids": result.token_ids,
+            }
+            for text, result in zip(texts, results, strict=True)
+        ],
+    }
