@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from olmo_cli import __version__
-from olmo_cli.commands import data, inspect, presets
+from olmo_cli.commands import checkpoints, convert, data, generate, inspect, presets, train
 
 app = typer.Typer(
     name="olmo",
@@ -24,7 +24,12 @@ app = typer.Typer(
 )
 app.add_typer(presets.app, name="presets")
 app.add_typer(data.app, name="data")
+app.add_typer(checkpoints.app, name="checkpoints")
+app.command("train")(train.train)
+app.command("resume")(train.resume)
 app.command("inspect-batch")(inspect.inspect_batch)
+app.command("convert-hf")(convert.convert_hf)
+app.command("generate")(generate.generate)
 
 
 def _version(value: bool) -> None:

@@ -131,3 +131,80 @@ class _RateColumn(ProgressColumn):
         done = task.fields.get(self.name, 0) - task.fields.get(f"{self.name}_start", 0)
         rate = done / elapsed if elapsed > 0 else 0.0
         return Text(f"{human_count(rate)} {self.unit}/s", style="cyan")
+
+
+class Transfers:
+    """Download progress on stderr: a bar per file being fetched and one for the total, each with its
+    size, speed and ETA. Keys are whatever the caller uses to name a file."""
+
+    def __init__(self, progress: Any) -> None:
+        self._progress = progress
+        self._tasks: dict[Any, Any] = {}
+        self._done: dict[Any, float] = {}
+        self._total = progress.add_task("total", total=0, completed=0) if progress else None
+
+    def add(self, key: Any, description: str, total: float | None, completed: float = 0) -> None:
+        if self._progress is None:
+            return
+        if not self._progress.live.is_started:  # shown from the first file on: no empty bar
+            self._progress.start()
+        self._tasks[key] = self._progress.add_task(description, total=total, completed=completed)
+        self._done[key] = completed
+        grand = self._progress.tasks[self._total]
+        # reset, not update: bytes already on disk from an earlier run must not count as speed
+        self._progress.reset(
+            self._total, total=(grand.total or 0) + (total or 0), completed=sum(self._done.values())
+        )
+
+    def update(self, key: Any, completed: float) -> None:
+        if self._progress is None or key not in self._tasks:
+            return
+        self._progress.update(self._tasks[key], completed=completed)
+        self._done[key] = completed
+        self._refresh_total()
+
+    def finish(self, key: Any, size: float) -> None:
+        if self._progress is None or key not in self._tasks:
+            return
+        self._progress.update(self._tasks[key], completed=size, visible=False)
+        self._done[key] = size
+        self._refresh_total()
+
+    def note(self, message: str) -> None:
+        """A line above the bars (a retry, a warning)."""
+        if self._progress is not None:
+            self._progress.console.print(message, markup=False, soft_wrap=True, style="yellow")
+
+    def _refresh_total(self) -> None:
+        self._progress.update(self._total, completed=sum(self._done.values()))
+
+
+@contextmanager
+def transfers(enabled: bool = True) -> Iterator[Transfers]:
+    """Per-file and total download bars (nothing at all when not `enabled`)."""
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    if not enabled:
+        yield Transfers(None)
+        return
+    bar = Progress(
+        TextColumn("{task.description}", table_column=None),
+        BarColumn(),
+        DownloadColumn(binary_units=True),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=False,
+    )
+    try:
+        yield Transfers(bar)
+    finally:
+        if bar.live.is_started:
+            bar.stop()

@@ -1,14 +1,21 @@
-"""The default corpus as training data: the quickstart's token files, made on first use and cached.
+"""The quickstart's data: the default corpus (data/corpus.py: the standard library's documentation and
+source, ~10 MB for CPython 3.11) tokenized on first use into a cache, split into train and validation.
 
-`olmo_cli.data.corpus` says what the documents are (text from this Python's standard library); this
-module splits them into train and validation, tokenizes both with the run's tokenizer through the same
-pipeline as `olmo data tokenize`, and returns the token files. Every 50th document (2%) is held out for
-the in-loop perplexity evaluation, so the validation loss is measured on text the model never trained on.
+Cache layout, one directory per Python (which supplies the text) and tokenizer (which encodes it):
 
-Cache layout: `<cache>/<python version>/<tokenizer key>/{train,validation}.jsonl` and `.../{train,
-validation}/part-*.npy`. The JSON Lines files are written atomically and the tokenize pipeline is
-resumable and marks completion with its manifest, so an interrupted first run finishes on the next one
-and a finished cache is reused as it is.
+    $XDG_CACHE_HOME/olmo/default-corpus/<python version>/<tokenizer name>-<key>/
+        train.jsonl, validation.jsonl     the documents of each split (written atomically)
+        train/, validation/               token directories made by the `olmo data tokenize` pipeline
+        ready.json                        written last: the token files of each split
+
+The key hashes the tokenizer's identity (its file's checksum and special ids) and this layout's version.
+`ready.json` is the final marker: with it present a call returns at once. Without it the build runs
+under a file lock (concurrent first uses, e.g. every rank of a torchrun job, wait for one build), and a
+build killed half-way is resumed through the tokenize pipeline's own completion records.
+
+The validation split holds out whole modules (a module's docstrings and its source together, since the
+source contains the docstrings; or a reference topic): the 2% whose names hash lowest, so the choice
+is deterministic and does not depend on the order or number of the other documents.
 """
 
 from __future__ import annotations
@@ -16,40 +23,56 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from olmo_cli.atomic import atomic_open
-from olmo_cli.data.corpus import corpus_version, default_corpus_documents
+from olmo_cli.atomic import atomic_open, atomic_write_text
+from olmo_cli.data.corpus import Document, corpus_version, default_corpus_documents
+from olmo_cli.errors import UsageError
 
 if TYPE_CHECKING:
     from olmo_cli.data.tokenize import TokenizeProgress
 
+__all__ = [
+    "default_cache_dir",
+    "default_corpus_data",
+    "document_group",
+    "split_documents",
+]
+
 Split = Literal["train", "validation"]
-HOLD_OUT_EVERY = 50
+SPLITS: tuple[Split, ...] = ("train", "validation")
+VALIDATION_FRACTION = 0.02
+READY = "ready.json"
+_LAYOUT = "default-corpus/1"  # part of the cache key: bump when the split or layout changes
 
 
 def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "olmo" / "default-corpus"
 
 
-def _tokenizer_key(identifier: str, eos_token_id: int | None) -> str:
-    digest = hashlib.sha256(f"{identifier}\0{eos_token_id}".encode()).hexdigest()[:12]
-    readable = "".join(c if c.isalnum() or c in "-_." else "-" for c in identifier)[-40:]
-    return f"{readable}-{digest}"
+def document_group(doc_id: str) -> str:
+    """What a document is held out with: its module (docs and source go together), or its topic."""
+    kind, _, name = doc_id.partition(":")
+    return f"module:{name}" if kind.startswith("stdlib-") else doc_id
 
 
-def _write_splits(directory: Path, root: Path | None) -> None:
-    """train.jsonl and validation.jsonl, the latter every HOLD_OUT_EVERY-th document."""
-    if (directory / "validation.jsonl").is_file():  # written second, and atomically: both are whole
-        return
-    directory.mkdir(parents=True, exist_ok=True)
-    with atomic_open(directory / "train.jsonl") as train, atomic_open(directory / "validation.jsonl") as val:
-        for i, doc in enumerate(default_corpus_documents(root)):
-            line = json.dumps({"id": doc.id, "text": doc.text}, ensure_ascii=False) + "\n"
-            (val if i % HOLD_OUT_EVERY == HOLD_OUT_EVERY - 1 else train).write(line.encode("utf-8"))
+def _rank(group: str) -> str:
+    return hashlib.sha256(group.encode("utf-8")).hexdigest()
+
+
+def split_documents(documents: list[Document]) -> dict[Split, list[Document]]:
+    """Train and validation documents, each in the corpus order; at least one group each (given two)."""
+    groups = sorted({document_group(d.id) for d in documents}, key=_rank)
+    held = min(max(1, round(len(groups) * VALIDATION_FRACTION)), len(groups) - 1)
+    validation = set(groups[:held])
+    out: dict[Split, list[Document]] = {"train": [], "validation": []}
+    for doc in documents:
+        out["validation" if document_group(doc.id) in validation else "train"].append(doc)
+    return out
 
 
 def default_corpus_data(
@@ -58,22 +81,109 @@ def default_corpus_data(
     eos_token_id: int | None = None,
     split: Split = "train",
     progress: Callable[[TokenizeProgress], None] | None = None,
-    cache_dir: Path | None = None,
-    processes: int | None = None,
+    cache_dir: Path | str | None = None,
+    processes: int = 1,
     root: Path | None = None,
 ) -> list[Path]:
-    """The token files of one split of the default corpus, tokenized on first use.
+    """The token files of one split of the default corpus, tokenized with `tokenizer_identifier`.
 
-    `root` replaces this Python's standard library as the source (tests use a small directory).
+    The first call builds the cache (several seconds); later calls only read `ready.json`. The files hold
+    uint16 ids for vocabularies up to 65536, else uint32 (their directory's manifest.json says which).
+    `progress` first gets an all-zero report while the standard library is read (no total yet), then the
+    pipeline's reports with bytes counted over both splits.
+    `processes`: tokenizer processes (one is fastest for a corpus this size: no start-up cost).
+    `root`: a directory to read instead of this Python's standard library (tests use a small one).
     """
-    from olmo_cli.data.tokenize import TokenizeOptions, tokenize
+    if split not in SPLITS:
+        raise UsageError(f"the default corpus has the splits {', '.join(SPLITS)}, not {split!r}")
+    from olmo_cli.data.tokenizer import resolve_tokenizer
 
-    source = corpus_version().replace("/", "-") if root is None else "custom-root"
-    directory = (
-        (cache_dir or default_cache_dir()) / source / _tokenizer_key(tokenizer_identifier, eos_token_id)
-    )
-    _write_splits(directory, root)
+    identity = resolve_tokenizer(tokenizer_identifier, eos_token_id=eos_token_id).identity
+    key_source = {"corpus": corpus_version(), "layout": _LAYOUT, "tokenizer": identity.as_dict()}
+    if root is not None:
+        key_source["root"] = str(Path(root).resolve())
+    key = hashlib.sha256(json.dumps(key_source, sort_keys=True).encode()).hexdigest()[:12]
+    readable = "".join(c if c.isalnum() or c in "-_." else "-" for c in tokenizer_identifier)[-40:]
+    python = corpus_version().replace("/", "-") if root is None else "custom-root"
+    base = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    base = base / python / f"{readable}-{key}"
+    files = _ready_files(base)
+    if files is None:
+        with _build_lock(base):
+            files = _ready_files(base)  # another process may have finished it while we waited
+            if files is None:
+                _build(base, tokenizer_identifier, eos_token_id, processes, progress, root, key_source)
+                files = _ready_files(base)
+    assert files is not None
+    return files[split]
+
+
+def _ready_files(base: Path) -> dict[Split, list[Path]] | None:
+    """The marker's token files, or None when the cache is not (or no longer) complete."""
+    try:
+        ready = json.loads((base / READY).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    files = {s: [base / p for p in ready["files"][s]] for s in SPLITS}
+    if not all(p.is_file() for paths in files.values() for p in paths):
+        return None
+    return files
+
+
+def _build(
+    base: Path,
+    tokenizer: str,
+    eos_token_id: int | None,
+    processes: int,
+    progress: Callable[[TokenizeProgress], None] | None,
+    root: Path | None,
+    key_source: dict[str, object],
+) -> None:
+    from olmo_cli.data.tokenize import TokenizeOptions, TokenizeProgress, tokenize
+
+    if progress:
+        progress(TokenizeProgress(0, 0, 0, 0, 0))
+    inputs = {s: base / f"{s}.jsonl" for s in SPLITS}
+    if not all(p.is_file() for p in inputs.values()):  # written atomically: present means whole
+        for name, docs in split_documents(list(default_corpus_documents(root))).items():
+            _write_jsonl(inputs[name], docs)
+    total = sum(p.stat().st_size for p in inputs.values())
     options = TokenizeOptions(eos_token_id=eos_token_id, processes=processes)
-    out = directory / split
-    tokenize([str(directory / f"{split}.jsonl")], tokenizer_identifier, out, options, on_progress=progress)
-    return sorted(p for p in out.glob("part-*.npy") if not p.name.endswith(".mask.npy"))
+    ready: dict[str, object] = {"source": key_source, "files": {}, "documents": {}, "tokens": {}}
+    offset = 0
+    for name in SPLITS:
+
+        def report(p: TokenizeProgress, offset: int = offset) -> None:
+            if progress:
+                progress(TokenizeProgress(p.documents, p.tokens, offset + p.bytes_done, total, p.files_done))
+
+        summary = tokenize([str(inputs[name])], tokenizer, base / name, options, on_progress=report)
+        manifest = summary.manifest
+        ready["files"][name] = [f"{name}/{f['path']}" for f in manifest["files"]]  # type: ignore[index]
+        ready["documents"][name] = manifest["documents"]  # type: ignore[index]
+        ready["tokens"][name] = manifest["tokens"]  # type: ignore[index]
+        offset += inputs[name].stat().st_size
+    atomic_write_text(base / READY, json.dumps(ready, indent=2) + "\n")
+
+
+def _write_jsonl(path: Path, documents: list[Document]) -> None:
+    with atomic_open(path) as f:
+        for doc in documents:
+            f.write((json.dumps({"id": doc.id, "text": doc.text}, ensure_ascii=False) + "\n").encode("utf-8"))
+
+
+@contextmanager
+def _build_lock(base: Path) -> Iterator[None]:
+    """An exclusive lock on `base/.lock` (released by the OS if the holder dies); no-op without fcntl."""
+    base.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # Windows: concurrent first uses are not guarded there
+        yield
+        return
+    with open(base / ".lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -16,7 +16,7 @@ from torch import nn
 
 from olmo_cli.config.schema import ModelConfig
 
-__all__ = ["Normal", "Constant", "init_rule", "init_weights", "SUPPORTED_INIT_FNS"]
+__all__ = ["Normal", "Constant", "init_rule", "init_tensor", "init_weights", "SUPPORTED_INIT_FNS"]
 
 SUPPORTED_INIT_FNS = ("mitchell", "normal", "full_megatron")
 
@@ -110,7 +110,8 @@ def _block_rule(module: str, layer: int, cfg: ModelConfig) -> Normal:
     return Normal(std, _cutoff(cfg))
 
 
-def _apply(param: torch.Tensor, rule: InitRule, generator: torch.Generator | None) -> None:
+def init_tensor(param: torch.Tensor, rule: InitRule, generator: torch.Generator | None) -> None:
+    """Fills `param` in place by `rule`, drawing from `generator` (the global RNG when None)."""
     if isinstance(rule, Constant):
         nn.init.constant_(param, rule.value)
     elif rule.bound is None:
@@ -123,4 +124,4 @@ def _apply(param: torch.Tensor, rule: InitRule, generator: torch.Generator | Non
 def init_weights(model: nn.Module, cfg: ModelConfig, generator: torch.Generator | None = None) -> None:
     """Initializes every parameter of an OLMo model in place (tied weights once) per `cfg.init_fn`."""
     for name, param in model.named_parameters():
-        _apply(param, init_rule(name, cfg), generator)
+        init_tensor(param, init_rule(name, cfg), generator)

@@ -9,6 +9,7 @@ autocast dtype. Parallelism, activation checkpointing and compilation are applie
 from __future__ import annotations
 
 import math
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +28,17 @@ __all__ = [
     "check_supported",
     "rope_tables",
 ]
+
+
+class AttentionCache(Protocol):
+    """What attention needs from a KV cache (implemented by `olmo_cli.model.generate.KVCache`)."""
+
+    def update(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, bool]:
+        """Stores this step's k, v [b, Hkv, t, hd] for `layer`; returns all keys and values so far,
+        the boolean attention mask (True = may attend) or None, and whether to apply a causal mask."""
+        ...
 
 
 def _autocast_enabled(device: torch.device) -> bool:
@@ -135,9 +147,48 @@ def rope_tables(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[t
     return angles.cos(), angles.sin()
 
 
-def _rotate_half(t: torch.Tensor) -> torch.Tensor:
-    first, second = t.chunk(2, dim=-1)
-    return torch.cat((-second, first), dim=-1)
+def _rotate(
+    x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor, full_precision: bool
+) -> torch.Tensor:
+    """x*cos + rotate_half(x)*sin, computed as x*cos + swap_halves(x)*signed_sin, signed_sin = (-sin, sin).
+
+    The same roundings as the textbook form (fp32 results are bit-identical to it), but every operation
+    runs over whole contiguous rows and in place on one working copy: three temporaries, not six.
+    """
+    dtype = torch.float32 if full_precision else x.dtype
+    work = x.to(dtype, copy=True)
+    half = x.shape[-1] // 2
+    swapped = work.view(*work.shape[:-1], 2, half).flip(-2).view(work.shape)
+    swapped.mul_(signed_sin.to(dtype))
+    work.mul_(cos.to(dtype)).add_(swapped)
+    return work.to(x.dtype)
+
+
+class _Rotary(torch.autograd.Function):
+    """RoPE as one autograd node. Its backward is the inverse rotation (by -angle), so it saves only the
+    tables, not the activations, and costs what the forward costs (autograd through the textbook form
+    keeps fp32 copies of q and k and runs twice as many kernels)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor, full_precision: bool):  # type: ignore[override]
+        ctx.save_for_backward(cos, signed_sin)
+        ctx.full_precision = full_precision
+        return _rotate(x, cos, signed_sin, full_precision)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:  # type: ignore[override]
+        cos, signed_sin = ctx.saved_tensors
+        return _rotate(grad, cos, -signed_sin, ctx.full_precision), None, None, None
+
+
+def rotary(
+    x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, full_precision: bool = True
+) -> torch.Tensor:
+    """Rotates x [..., hd] by tables cos/sin [..., hd] (as `rope_tables` gives them) that broadcast
+    against it; with `full_precision` in fp32, rounded once to x's dtype."""
+    half = x.shape[-1] // 2
+    signed_sin = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+    return _Rotary.apply(x, cos, signed_sin, full_precision)
 
 
 def apply_rope(
@@ -148,14 +199,7 @@ def apply_rope(
     With `full_precision` (upstream's default) the rotation runs in fp32 and is cast back, so bf16 q/k
     are rounded once, not at every step.
     """
-    if full_precision:
-        q_rot, k_rot = q.float(), k.float()
-    else:
-        q_rot, k_rot = q, k
-        cos, sin = cos.to(q.dtype), sin.to(q.dtype)
-    q_rot = q_rot * cos + _rotate_half(q_rot) * sin
-    k_rot = k_rot * cos + _rotate_half(k_rot) * sin
-    return q_rot.to(q.dtype), k_rot.to(k.dtype)
+    return rotary(q, cos, sin, full_precision), rotary(k, cos, sin, full_precision)
 
 
 class OLMoBlock(nn.Module):
@@ -193,9 +237,17 @@ class OLMoBlock(nn.Module):
         self.att_proj = nn.Linear(cfg.d_model, sum(self.fused_dims), bias=bias)
         self.ff_proj = nn.Linear(cfg.d_model, cfg.mlp_hidden, bias=bias)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        """x: [b, T, d]; rope: (cos, sin) broadcastable to [b, H, T, hd], or None without RoPE."""
-        att = self.attention(x if self.norm_after else self.attn_norm(x), rope)
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        cache: AttentionCache | None = None,
+    ) -> torch.Tensor:
+        """x: [b, T, d]; rope: (cos, sin) broadcastable to [b, H, T, hd], or None without RoPE.
+
+        cache: a KV cache (generation); None attends causally within x alone.
+        """
+        att = self.attention(x if self.norm_after else self.attn_norm(x), rope, cache)
         if self.norm_after:
             att = self.attn_norm(att)
         x = x + self.dropout(att)
@@ -204,33 +256,72 @@ class OLMoBlock(nn.Module):
             h = self.ff_norm(h)
         return x + self.dropout(h)
 
-    def attention(self, h: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    def attention(
+        self,
+        h: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        cache: AttentionCache | None = None,
+    ) -> torch.Tensor:
         b, t, _ = h.shape
         qkv = self.att_proj(h)
         if self.clip_qkv is not None:
             # On the fused output, before the split and RoPE: same as clamping q, k, v separately.
             qkv = qkv.clamp(-self.clip_qkv, self.clip_qkv)
-        q, k, v = qkv.split(self.fused_dims, dim=-1)
-        if self.q_norm is not None and self.k_norm is not None:
-            q = self.q_norm(q).to(qkv.dtype)
-            k = self.k_norm(k).to(qkv.dtype)
-        q = q.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
-        k = k.view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = v.view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        if rope is not None:
-            q, k = apply_rope(q, k, *rope, full_precision=self.rope_full_precision)
-        # A KV cache slots in here: append k, v to the cache, then attend over the whole of it.
-        out = self._sdpa(q, k, v)
+        if rope is not None and self.q_norm is None:
+            q, k, v = self._rotated_qkv(qkv, rope)
+        else:
+            q, k, v = qkv.split(self.fused_dims, dim=-1)
+            if self.q_norm is not None and self.k_norm is not None:
+                q = self.q_norm(q).to(qkv.dtype)
+                k = self.k_norm(k).to(qkv.dtype)
+            q = q.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+            k = k.view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+            v = v.view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+            if rope is not None:
+                q, k = apply_rope(q, k, *rope, full_precision=self.rope_full_precision)
+        if cache is None:
+            out = self._sdpa(q, k, v)
+        else:
+            # Append this step's k, v to the cache, then attend over all of it.
+            k, v, mask, causal = cache.update(self.layer_id, k, v)
+            out = self._sdpa(q, k, v, mask, causal)
         return self.attn_out(out.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
 
-    def _sdpa(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def _rotated_qkv(
+        self, qkv: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q and k rotated together in the projection's own [b, T, heads, hd] layout: one RoPE node for
+        both, and q, k, v handed to attention as transposed views, without copies."""
+        b, t, _ = qkv.shape
+        heads, kv_heads = self.n_heads, self.n_kv_heads
+        qk, v = qkv.split((self.fused_dims[0] + self.fused_dims[1], self.fused_dims[2]), dim=-1)
+        # Tables [..., 1, T, hd] -> [..., T, heads, hd], materialized (small: no batch dimension) so the
+        # rotation's kernels run over long contiguous rows instead of broadcasting inside each row.
+        cos, sin = (table.transpose(-3, -2) for table in rope)
+        cos, sin = (
+            table.expand(*table.shape[:-2], heads + kv_heads, self.head_dim).contiguous()
+            for table in (cos, sin)
+        )
+        qk = rotary(qk.view(b, t, heads + kv_heads, self.head_dim), cos, sin, self.rope_full_precision)
+        q, k = qk.split((heads, kv_heads), dim=2)
+        v = v.view(b, t, kv_heads, self.head_dim)
+        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+
+    def _sdpa(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        causal: bool = True,
+    ) -> torch.Tensor:
         if self.n_kv_heads != self.n_heads:
             # kv head m serves query heads m*g .. (m+1)*g-1, hence repeat_interleave, not repeat.
             group = self.n_heads // self.n_kv_heads
             k = k.repeat_interleave(group, dim=1)
             v = v.repeat_interleave(group, dim=1)
         dropout_p = self.attention_dropout if self.training else 0.0
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=causal)
 
 
 def check_supported(cfg: ModelConfig) -> None:
@@ -272,11 +363,18 @@ class OLMo(nn.Module):
         if cfg.embedding_layer_norm:
             self.transformer["emb_norm"] = LayerNorm.from_config(cfg)
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor | None = None,
+        cache: AttentionCache | None = None,
+    ) -> torch.Tensor:
         """input_ids: [b, T] int64 -> logits [b, T, padded_vocab_size].
 
         positions: [T] or [b, T] token positions, default 0..T-1 (upstream never resets them per
         document); a KV cache passes its offset here.
+        cache: the KV cache of generation (`olmo_cli.model.generate.KVCache`), which each block reads and
+        appends to; None (training, scoring) attends causally within input_ids.
         """
         cfg = self.config
         t = input_ids.shape[1]
@@ -294,7 +392,8 @@ class OLMo(nn.Module):
             # [T, hd] -> [1, 1, T, hd]; [b, T, hd] -> [b, 1, T, hd]: broadcast over heads.
             rope = (cos.unsqueeze(-3), sin.unsqueeze(-3))
         for block in self.transformer["blocks"]:
-            x = block(x, rope)
+            # The cache only when there is one: wrapped blocks (checkpointing, FSDP) see today's call.
+            x = block(x, rope) if cache is None else block(x, rope, cache)
         x = self.transformer["ln_f"](x)
         if cfg.weight_tying:
             logits = F.linear(x, self.transformer["wte"].weight)

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from olmo_cli.errors import OlmoError
+from olmo_cli.train.fused_loss import fused_cross_entropy
 
 __all__ = [
     "IGNORE_INDEX",
@@ -87,16 +88,12 @@ def cross_entropy_loss(
     # sum, without copying the [B, T-1, V] logits (the largest activation of the whole step).
     labels = F.pad(labels, (0, 1), value=IGNORE_INDEX)
     vocab = logits.shape[-1]
-    logits32 = logits.float()
-    ce_sum = F.cross_entropy(
-        logits32.reshape(-1, vocab), labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
-    )
+    # fp32 CE (and z-loss log-sum-exp) without an fp32 copy of the logits: see train/fused_loss.py.
+    ce_sum, lse_sq_sum = fused_cross_entropy(logits.reshape(-1, vocab), labels.reshape(-1), IGNORE_INDEX)
     ce_loss = ce_sum / normalizer
     z_term = None
     if z_loss:
-        predicted = (labels != IGNORE_INDEX).to(logits32.dtype)
-        z_sum = z_loss_multiplier * (torch.logsumexp(logits32, dim=-1).pow(2) * predicted).sum()
-        z_term = z_sum / normalizer
+        z_term = z_loss_multiplier * lse_sq_sum / normalizer
     if raise_on_non_finite:
         check_finite(ce_loss, z_term)
     loss = ce_loss if z_term is None else ce_loss + z_term

@@ -96,16 +96,21 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, *, sharded: bool | None 
     """torch's AdamW over `param_groups`, with the config's lr, betas, eps and weight decay.
 
     Always AdamW: `optimizer.name: lionw` (upstream's schema default) is reported to the user by the
-    config layer's `not_acted_on` rather than refused. `foreach`/`fused` are left to torch's per-device
-    defaults.
+    config layer's `not_acted_on` rather than refused. CPU parameters (plain or FSDP2-sharded) get
+    torch's fused kernel, the same at every world size: torch's CPU default is a loop of separate ops
+    per tensor, about 3x slower. Elsewhere `foreach`/`fused` are left to torch's per-device defaults.
     """
     opt = cfg.optimizer
+    groups = param_groups(model, cfg, sharded=sharded)
+    params = [p for group in groups for p in group["params"]]
+    fused = bool(params) and all(p.device.type == "cpu" for p in params)
     return torch.optim.AdamW(
-        param_groups(model, cfg, sharded=sharded),
+        groups,
         lr=opt.learning_rate,
         betas=opt.betas,
         eps=opt.eps,
         weight_decay=opt.weight_decay,
+        fused=fused or None,
     )
 
 

@@ -137,7 +137,7 @@ def test_build_optimizer_uses_the_config_hyperparameters():
     decay, no_decay = optim.param_groups
     for group in optim.param_groups:
         assert group["lr"] == 4e-4 and group["eps"] == 1e-5 and group["betas"] == (0.9, 0.95)
-        assert group["foreach"] is None and group["fused"] is None
+        assert group["foreach"] is None and group["fused"] is True  # CPU: torch's fused AdamW kernel
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
 
 

@@ -1,0 +1,332 @@
+"""`olmo train` and `olmo resume`: options and rendering here; the work in olmo_cli.train.run."""
+
+from __future__ import annotations
+
+import os
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from olmo_cli.commands._options import ConfigOption, JsonOption, PresetOption, SetOption
+
+if TYPE_CHECKING:
+    from olmo_cli.config.schema import TrainConfig
+    from olmo_cli.train.run import RunOptions
+
+
+class Device(str, Enum):
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+DataOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--data",
+        "-d",
+        metavar="PATH",
+        help="Token data instead of data.paths: a directory from `olmo data tokenize`, files, globs or "
+        "http(s) URLs. Repeatable. Without any data the default corpus is used.",
+        show_default=False,
+    ),
+]
+NoWandbOption = Annotated[
+    bool,
+    typer.Option("--no-wandb", help="No Weights & Biases logging, even if the config has a wandb section."),
+]
+NprocOption = Annotated[
+    int,
+    typer.Option(
+        "--nproc-per-node",
+        min=1,
+        help="Processes (GPUs) on this node: more than one relaunches the command under torchrun "
+        "(FSDP). With --dry-run: the world size the plan is made for.",
+    ),
+]
+DeviceOption = Annotated[
+    Device | None,
+    typer.Option("--device", help="Train on this device (default: cuda when available).", show_default=False),
+]
+
+
+def _is_main_process() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _relaunch(nproc_per_node: int) -> None:
+    """Under torchrun already (WORLD_SIZE set) nothing happens; otherwise run this command again as
+    `nproc_per_node` processes and exit with torchrun's exit code."""
+    if nproc_per_node <= 1 or os.environ.get("WORLD_SIZE"):
+        return
+    from olmo_cli.train.launch import relaunch_with_torchrun
+
+    raise typer.Exit(relaunch_with_torchrun(nproc_per_node, sys.argv[1:]))
+
+
+def train(
+    preset: PresetOption = None,
+    config: ConfigOption = None,
+    overrides: SetOption = None,
+    data: DataOption = None,
+    save_folder: Annotated[
+        Path | None,
+        typer.Option(
+            "--save-folder",
+            "-o",
+            help="The run directory (checkpoints, metrics.jsonl, config.yaml); replaces save_folder.",
+            file_okay=False,
+            show_default=False,
+        ),
+    ] = None,
+    data_order_file: Annotated[
+        str | None,
+        typer.Option(
+            "--data-order-file",
+            metavar="PATH",
+            help="Train the first epoch in the order of this raw uint32 file (e.g. a published "
+            "global_indices.npy) instead of computing it.",
+            show_default=False,
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Validate, build the model on the meta device and print the plan (parameters, steps, "
+            "tokens, FLOPs, memory per rank, time) without allocating weights.",
+        ),
+    ] = False,
+    json_output: JsonOption = False,
+    no_wandb: NoWandbOption = False,
+    nproc_per_node: NprocOption = 1,
+    device: DeviceOption = None,
+) -> None:
+    """Train a model from a preset or config file; with no data, on the built-in default corpus.
+
+    Writes to the save folder: config.yaml, checkpoints (stepN-unsharded/, or stepN/ sharded with
+    several processes), metrics.jsonl and train_data/global_indices.npy. Ctrl-C (or SIGTERM) saves a
+    checkpoint and stops; `olmo resume DIR` continues.
+
+    Examples:
+
+      olmo train --preset tiny
+
+      olmo train --preset tiny --data data/tok --set max_duration=1000 --save-folder runs/mine
+
+      olmo train --preset 7b --dry-run --nproc-per-node 8
+
+      olmo train --config OLMo-1B.yaml --nproc-per-node 8 --no-wandb
+    """
+    from olmo_cli.config.loader import load_config
+
+    sets = list(overrides or [])
+    if save_folder is not None:
+        sets.append(f"save_folder={save_folder}")
+    loaded = load_config(preset=preset, config_file=config, overrides=sets)
+    if dry_run:
+        _dry_run(loaded.config, data, nproc_per_node, device, json_output)
+        return
+    _relaunch(nproc_per_node)
+    from olmo_cli.train.run import RunOptions
+
+    if _is_main_process() and not json_output:
+        from olmo_cli import ui
+
+        ui.warn_ignored(loaded.ignored)
+    options = RunOptions(
+        data=data,
+        data_order_file=data_order_file,
+        device=device.value if device else None,
+        wandb=not no_wandb,
+    )
+    _run(loaded.config, options, json_output)
+
+
+def resume(
+    run_dir: Annotated[
+        Path | None,
+        typer.Argument(
+            help="The run directory (save_folder) to continue; default: the checkpoint's parent, else the "
+            "current directory.",
+            file_okay=False,
+            show_default=False,
+        ),
+    ] = None,
+    load_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--load-path",
+            metavar="CKPT",
+            help="Continue from this checkpoint directory (stepN/ or stepN-unsharded/, also an upstream "
+            "one) instead of the newest in RUN_DIR.",
+            file_okay=False,
+            show_default=False,
+        ),
+    ] = None,
+    overrides: SetOption = None,
+    json_output: JsonOption = False,
+    no_wandb: NoWandbOption = False,
+    nproc_per_node: NprocOption = 1,
+    device: DeviceOption = None,
+) -> None:
+    """Continue a run from its newest checkpoint (or --load-path): weights, optimizer, schedule, data
+    position and RNG, so on CPU the losses are those of a run that was never stopped.
+
+    The run's config.yaml is used, with --set changes on top (e.g. a later stop_at).
+
+    Examples:
+
+      olmo resume runs/olmo-tiny
+
+      olmo resume runs/olmo-tiny --set max_duration=600
+
+      olmo resume --load-path runs/olmo-tiny/step200-unsharded
+
+      olmo resume runs/continued --load-path ckpts/OLMo-1B/step20000-unsharded --nproc-per-node 8
+    """
+    from olmo_cli.config.loader import load_config
+    from olmo_cli.train.run import RunOptions
+
+    directory, checkpoint, config_file = _resume_target(run_dir, load_path)
+    sets = [*(overrides or []), f"save_folder={directory}", f"load_path={checkpoint}"]
+    loaded = load_config(config_file=config_file, overrides=sets)
+    _relaunch(nproc_per_node)
+    if _is_main_process() and not json_output:
+        from olmo_cli import ui
+
+        ui.warn_ignored(loaded.ignored)
+    options = RunOptions(device=device.value if device else None, wandb=not no_wandb, continuing=True)
+    _run(loaded.config, options, json_output)
+
+
+def _resume_target(run_dir: Path | None, load_path: Path | None) -> tuple[Path, Path, Path]:
+    """(run directory, checkpoint, config file to use)."""
+    from olmo_cli.checkpoint.layout import find_latest_checkpoint
+    from olmo_cli.errors import CheckpointError
+
+    if load_path is not None:
+        checkpoint = load_path
+        if not checkpoint.is_dir():
+            raise CheckpointError(
+                f"checkpoint {checkpoint} does not exist",
+                hint="give a checkpoint directory such as runs/olmo-tiny/step300-unsharded",
+            )
+        directory = run_dir if run_dir is not None else checkpoint.resolve().parent
+    else:
+        directory = run_dir if run_dir is not None else Path(".")
+        found = find_latest_checkpoint(directory)
+        if found is None:
+            raise CheckpointError(
+                f"no checkpoint (stepN/ or stepN-unsharded/) in {directory}",
+                hint="give the run directory of a run that saved a checkpoint, or --load-path CKPT",
+            )
+        checkpoint = found
+    for candidate in (directory / "config.yaml", checkpoint / "config.yaml"):
+        if candidate.is_file():
+            return directory, checkpoint, candidate
+    raise CheckpointError(
+        f"neither {directory} nor {checkpoint} has a config.yaml",
+        hint="a run directory and its checkpoints hold the run's config.yaml",
+    )
+
+
+def _run(cfg: TrainConfig, options: RunOptions, json_output: bool) -> None:
+    from olmo_cli.commands._train_display import TrainDisplay
+    from olmo_cli.train.run import run
+
+    mode = "json" if json_output else None
+    if not _is_main_process():
+        run(cfg, events=lambda event: None, options=options)
+        return
+    with TrainDisplay(mode=mode, every=_plain_every(cfg)) as display:
+        run(cfg, events=display, options=options)
+
+
+def _plain_every(cfg: TrainConfig) -> int:
+    # One line per step is right for long steps; for quick ones a line every 10 steps reads better.
+    return cfg.console_log_interval if "console_log_interval" in cfg.model_fields_set else 10
+
+
+def _dry_run(
+    cfg: TrainConfig, data: list[str] | None, nproc_per_node: int, device: Device | None, json_output: bool
+) -> None:
+    from olmo_cli import ui
+    from olmo_cli.train.plan import count_parameters_on_meta, make_plan
+
+    world_size = int(os.environ.get("WORLD_SIZE") or nproc_per_node)
+    built = count_parameters_on_meta(cfg.model)
+    instances = _instances(cfg, data)
+    peak, source = _dry_run_peak(cfg, device)
+    plan = make_plan(cfg, world_size=world_size, peak_flops=peak, dataset_instances=instances)
+    if json_output:
+        ui.print_json({"parameters_built_on_meta": built, **plan.as_dict(), "peak_flops_source": source})
+        return
+    ui.console.print(_plan_table(cfg, plan, built, source))
+    if plan.note:
+        ui.warn(plan.note)
+
+
+def _instances(cfg: TrainConfig, data: list[str] | None) -> int | None:
+    """The number of training instances when the data is named (file sizes only); None for the default
+    corpus, which is not tokenized by a dry run."""
+    if not data and not (cfg.data.paths or cfg.data.datasets):
+        return None
+    from olmo_cli.data.dataset import build_dataset
+
+    return len(build_dataset(cfg.data, cfg.model.max_sequence_length, data))
+
+
+def _dry_run_peak(cfg: TrainConfig, device: Device | None) -> tuple[float | None, str | None]:
+    import torch
+
+    from olmo_cli.train.loop import autocast_dtype
+    from olmo_cli.train.speed import device_peak_flops
+
+    if cfg.speed_monitor.gpu_flops_available is not None:
+        return cfg.speed_monitor.gpu_flops_available, "speed_monitor.gpu_flops_available"
+    name = device.value if device else ("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        return None, None  # planning for GPUs from a machine without one: the time stays unknown
+    return device_peak_flops(name, autocast_dtype(cfg) or torch.float32)
+
+
+def _plan_table(cfg: TrainConfig, plan: Any, built: int, source: str | None) -> Any:
+    from olmo_cli import ui
+
+    table = ui.table(
+        "plan", "value", title=f"Plan for {cfg.run_name or 'this run'} (dry run)", right=("value",)
+    )
+    ranks = f"{plan.world_size} rank{'s' if plan.world_size > 1 else ''}"
+    rows = [
+        ("parameters (built on the meta device)", f"{built:,}"),
+        ("non-embedding parameters", f"{plan.non_embedding_params:,}"),
+        ("world size", ranks),
+        (
+            "batch: global / per rank / micro-batch",
+            f"{plan.global_batch_size} / {plan.device_batch_size} / {plan.micro_batch_size}",
+        ),
+        ("gradient accumulation steps", str(plan.grad_accum_steps)),
+        ("tokens per step", f"{plan.tokens_per_step:,}"),
+        ("max_duration", plan.max_duration),
+        ("schedule steps", f"{plan.steps:,}" if plan.steps is not None else "-"),
+        ("steps trained (stop step)", f"{plan.train_steps:,}" if plan.train_steps is not None else "-"),
+        ("total tokens", ui.human_count(plan.total_tokens)),
+        ("training FLOPs", ui.scientific(plan.training_flops)),
+        ("precision", plan.precision),
+        (f"memory per rank ({ranks}, estimate)", ui.human_bytes(plan.memory.total)),
+    ]
+    for label, value in rows:
+        table.add_row(label, value)
+    if plan.seconds is not None and plan.peak_flops is not None:
+        from olmo_cli.commands._train_display import format_duration
+
+        peak = f"{ui.human_count(plan.peak_flops)}FLOP/s"
+        table.add_row(f"time at {plan.mfu:.0%} MFU of {peak} per rank", format_duration(plan.seconds))
+        if source:
+            table.add_row("  peak from", source)
+    else:
+        table.add_row("time", "- (no peak FLOP/s known for the device)")
+    return table
