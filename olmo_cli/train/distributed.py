@@ -127,9 +127,17 @@ def init_world(device: str | torch.device | None = None) -> World:
     return World(rank=rank, world_size=world_size, local_rank=local_rank, device=dev, owns_group=owns)
 
 
-def close_world(world: World) -> None:
-    """Destroys the process group if `init_world` created it; safe to call more than once."""
+def close_world(world: World, *, synchronize: bool = False) -> None:
+    """Destroys the process group if `init_world` created it; safe to call more than once.
+
+    `synchronize` (after a normal finish, when every rank gets here): a barrier first, so no rank tears
+    down its gloo connections, or rank 0 the rendezvous store, while another is still using them —
+    that race aborts the slower process ("terminate called without an active exception"). Not after
+    an error, when the other ranks may never arrive.
+    """
     if world.owns_group and dist.is_initialized():
+        if synchronize:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -88,9 +88,12 @@ def run(cfg: TrainConfig, *, events: EventSink, options: RunOptions | None = Non
     options = options or RunOptions()
     world = init_world(options.device)
     try:
-        return _run(cfg, _main_only(events, world), options, world)
-    finally:
+        result = _run(cfg, _main_only(events, world), options, world)
+    except BaseException:
         close_world(world)
+        raise
+    close_world(world, synchronize=True)
+    return result
 
 
 @dataclass(frozen=True)

@@ -49,8 +49,10 @@ def _entry(rank: int, world_size: int, port: int, job: Callable[..., None], args
     world = init_world("cpu")
     try:
         job(world, *args)
-    finally:
+    except BaseException:
         close_world(world)
+        raise
+    close_world(world, synchronize=True)
 
 
 def spawn(job: Callable[..., None], world_size: int, *args: Any) -> None:

@@ -252,6 +252,7 @@ def _dtensor_worker(rank: int, world: int, init_file: str) -> None:
             step(model, optim, 3)
         for p, q in zip(sharded.parameters(), resumed.parameters(), strict=True):
             assert torch.equal(p.to_local(), q.to_local())  # bit-identical to the run that never stopped
+        dist.barrier()  # no rank tears down gloo while the other still uses it (close_world)
     finally:
         dist.destroy_process_group()
 
