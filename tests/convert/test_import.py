@@ -173,3 +173,22 @@ def test_sharded_checkpoint_is_unsharded_on_the_way(tmp_path, monkeypatch) -> No
     ids = torch.randint(0, 4096, (1, 24), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert (model(ids) - hf(ids).logits).abs().max().item() <= 1e-5
+
+
+def test_pytorch_model_bin_weights_import_like_safetensors(tmp_path) -> None:
+    """Older HF directories hold `pytorch_model.bin` (a pickle); it is read through the restricted unpickler
+    and gives the same native weights as the safetensors copy of the same model."""
+    cfg = tiny_train_config()
+    native_dir, _ = write_native_checkpoint(tmp_path, cfg)
+    found = read_checkpoint(native_dir)
+    export_hf(found, load_tokenizer(found), tmp_path / "hf", max_shard_bytes=10**12)
+    from_safetensors = read_hf(tmp_path / "hf")
+    from safetensors.torch import load_file
+
+    weights = load_file(tmp_path / "hf" / "model.safetensors")
+    (tmp_path / "hf" / "model.safetensors").unlink()
+    torch.save(weights, tmp_path / "hf" / "pytorch_model.bin")
+    from_bin = read_hf(tmp_path / "hf")
+    assert list(from_bin.model) == list(from_safetensors.model)
+    for key, value in from_safetensors.model.items():
+        assert torch.equal(from_bin.model[key], value), key
