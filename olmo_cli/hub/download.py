@@ -221,7 +221,15 @@ class _Run:
 
     def chunk(self, job: Job, i: int | None) -> None:
         if i is not None:
-            fetch_chunk(job, i, self.fetcher)
+            try:
+                fetch_chunk(job, i, self.fetcher)
+            except Cancelled:
+                raise
+            except BaseException:
+                # Stop the other workers now, not when the calling thread next looks: a freed worker
+                # would otherwise start the next queued chunk of a download that has already failed.
+                self.cancel.set()
+                raise
         if i is None or job.part.chunk_done():
             verify_and_commit(job, self.fetcher)
             self.inbox.put(FileDone(job.key, job.remote.size or 0, sum(job.received), job.verified_by or ""))
