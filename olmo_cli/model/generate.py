@@ -37,6 +37,14 @@ __all__ = [
 FinishReason = Literal["eos", "stop", "length"]
 
 
+def model_placement(model: torch.nn.Module) -> tuple[torch.dtype, torch.device]:
+    """The dtype and device the model computes in, read from its first floating-point parameter.
+
+    Not `wte.weight`: on a quantized model that property dequantizes the whole embedding table."""
+    param = next(p for p in model.parameters() if p.is_floating_point())
+    return param.dtype, param.device
+
+
 class KVCache:
     """Keys and values of every layer, preallocated as [layers, b, Hkv, capacity, hd].
 
@@ -76,15 +84,15 @@ class KVCache:
         cls, model: OLMo, batch: int, capacity: int, key_valid: torch.Tensor | None = None
     ) -> KVCache:
         cfg = model.config
-        weight = model.transformer["wte"].weight
+        dtype, device = model_placement(model)
         return cls(
             cfg.n_layers,
             batch,
             cfg.effective_n_kv_heads,
             cfg.head_dim,
             capacity,
-            dtype=weight.dtype,
-            device=weight.device,
+            dtype=dtype,
+            device=device,
             key_valid=key_valid,
         )
 
@@ -226,7 +234,7 @@ def generate_ids(
     budget. Finished rows are fed the pad token until every row is done, as transformers does.
     The model should be in eval mode (dropout off), as `load_model` returns it.
     """
-    device = model.transformer["wte"].weight.device
+    _, device = model_placement(model)
     ids, real = _left_pad(prompts, settings.pad_token_id, device)
     batch, width = ids.shape
     capacity = width + settings.max_new_tokens
