@@ -12,7 +12,18 @@ from typing import Annotated
 import typer
 
 from olmo_cli import __version__
-from olmo_cli.commands import checkpoints, convert, data, generate, inspect, presets, train
+from olmo_cli.commands import (
+    checkpoints,
+    convert,
+    data,
+    finetune,
+    generate,
+    inspect,
+    presets,
+    quantize,
+    train,
+)
+from olmo_cli.commands import eval as eval_command
 
 app = typer.Typer(
     name="olmo",
@@ -25,11 +36,14 @@ app = typer.Typer(
 app.add_typer(presets.app, name="presets")
 app.add_typer(data.app, name="data")
 app.add_typer(checkpoints.app, name="checkpoints")
+app.add_typer(finetune.app, name="finetune")
 app.command("train")(train.train)
 app.command("resume")(train.resume)
 app.command("inspect-batch")(inspect.inspect_batch)
 app.command("convert-hf")(convert.convert_hf)
 app.command("generate")(generate.generate)
+app.command("quantize")(quantize.quantize)
+app.command("eval")(eval_command.eval_cmd)
 
 
 def _version(value: bool) -> None:

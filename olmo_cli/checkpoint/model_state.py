@@ -80,6 +80,15 @@ def check_model_state(
         )
         if items
     )
+    hint = (
+        "build the model from the config.yaml saved with the checkpoint (d_model, n_layers, "
+        "weight_tying, embedding_size must match what it was trained with)"
+    )
+    if any(".lora_A." in k or ".lora_B." in k for k in state):
+        hint = (
+            "this is a LoRA finetune checkpoint: fold the adapters into the base weights first with "
+            "`olmo finetune merge RUN_DIR --output DIR`, then use DIR"
+        )
     raise CheckpointError(
         f"{source} does not fit the model config: {counts} parameter(s)",
         details=[
@@ -87,6 +96,5 @@ def check_model_state(
             *_listing("unexpected", unexpected),
             *_listing("shape differs", misshapen),
         ],
-        hint="build the model from the config.yaml saved with the checkpoint (d_model, n_layers, "
-        "weight_tying, embedding_size must match what it was trained with)",
+        hint=hint,
     )

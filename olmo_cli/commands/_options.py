@@ -47,3 +47,7 @@ SetOption = Annotated[
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
+OverwriteOption = Annotated[
+    bool,
+    typer.Option("--overwrite", help="Replace --output if it exists (once the new one is complete)."),
+]

@@ -120,7 +120,9 @@ class TrainDisplay:
             self._progress = None
         self.started = event
         plan = event.plan
-        resumed = f", resumed from {event.resumed_from}" if event.resumed_from else ""
+        # A run that loaded a checkpoint yet starts at step 1 took its weights only (a finetune).
+        verb = "weights from" if event.start_step == 0 else "resumed from"
+        resumed = f", {verb} {event.resumed_from}" if event.resumed_from else ""
         ui.console.print(
             f"[bold]{event.run_name}[/]: {plan['params']:,} parameters, {event.device} x{event.world_size}, "
             f"{event.precision}; {plan['tokens_per_step']:,} tokens per step; steps "
@@ -162,7 +164,7 @@ class TrainDisplay:
         shown = ", ".join(
             f"{name.removeprefix('eval/')} {value:.4g}"
             for name, value in event.metrics.items()
-            if name.endswith("CrossEntropyLoss")
+            if name.endswith("CrossEntropyLoss") or name.startswith("eval/downstream/")
         )
         ui.console.print(f"step {event.step}: eval {shown} ({event.seconds:.1f}s)", markup=False)
 

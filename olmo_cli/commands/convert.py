@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from olmo_cli.commands._options import JsonOption
+from olmo_cli.commands._options import JsonOption, OverwriteOption
 
 
 class ExportDtype(str, Enum):
@@ -47,10 +47,7 @@ def convert_hf(
         ExportDtype,
         typer.Option(help="Weight dtype of the Hugging Face export (native checkpoints hold float32)."),
     ] = ExportDtype.float32,
-    overwrite: Annotated[
-        bool,
-        typer.Option("--overwrite", help="Replace --output if it exists (once the new one is complete)."),
-    ] = False,
+    overwrite: OverwriteOption = False,
     json_output: JsonOption = False,
 ) -> None:
     """Convert between a native OLMo checkpoint and a Hugging Face transformers Olmo directory.
@@ -78,10 +75,11 @@ def _export(
     from olmo_cli import ui
     from olmo_cli.convert.export import export_hf, parse_size
     from olmo_cli.errors import OlmoError, UsageError
-    from olmo_cli.model.load import load_tokenizer, read_checkpoint
+    from olmo_cli.model.load import load_tokenizer, read_checkpoint, require_full_precision
 
     max_bytes = parse_size(max_shard_size)
     found = read_checkpoint(checkpoint)
+    require_full_precision(found, "olmo convert-hf")
     if found.kind == "hf":
         raise UsageError(
             f"{found.path} is already a Hugging Face directory",

@@ -100,8 +100,14 @@ def show_preset(
     resolved = loaded.config.model_dump(mode="json")
     if json_output:
         ignored = [{"key": i.path, "value": i.value, "why": i.why} for i in loaded.ignored]
-        ui.print_json({"source": loaded.source, "config": resolved, "derived": summary.as_dict(),
-                       "not_acted_on": ignored})
+        ui.print_json(
+            {
+                "source": loaded.source,
+                "config": resolved,
+                "derived": summary.as_dict(),
+                "not_acted_on": ignored,
+            }
+        )
         return
     ui.console.print(f"# {loaded.source}" + (f": {loaded.preset.description}" if loaded.preset else ""))
     ui.console.print(dump_yaml(resolved), end="", markup=False)

@@ -52,11 +52,11 @@ DeviceOption = Annotated[
 ]
 
 
-def _is_main_process() -> bool:
+def is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-def _relaunch(nproc_per_node: int) -> None:
+def relaunch_if_asked(nproc_per_node: int) -> None:
     """Under torchrun already (WORLD_SIZE set) nothing happens; otherwise run this command again as
     `nproc_per_node` processes and exit with torchrun's exit code."""
     if nproc_per_node <= 1 or os.environ.get("WORLD_SIZE"):
@@ -129,10 +129,10 @@ def train(
     if dry_run:
         _dry_run(loaded.config, data, nproc_per_node, device, json_output)
         return
-    _relaunch(nproc_per_node)
+    relaunch_if_asked(nproc_per_node)
     from olmo_cli.train.run import RunOptions
 
-    if _is_main_process() and not json_output:
+    if is_main_process() and not json_output:
         from olmo_cli import ui
 
         ui.warn_ignored(loaded.ignored)
@@ -142,7 +142,7 @@ def train(
         device=device.value if device else None,
         wandb=not no_wandb,
     )
-    _run(loaded.config, options, json_output)
+    run_training(loaded.config, options, json_output)
 
 
 def resume(
@@ -193,13 +193,13 @@ def resume(
     directory, checkpoint, config_file = _resume_target(run_dir, load_path)
     sets = [*(overrides or []), f"save_folder={directory}", f"load_path={checkpoint}"]
     loaded = load_config(config_file=config_file, overrides=sets)
-    _relaunch(nproc_per_node)
-    if _is_main_process() and not json_output:
+    relaunch_if_asked(nproc_per_node)
+    if is_main_process() and not json_output:
         from olmo_cli import ui
 
         ui.warn_ignored(loaded.ignored)
     options = RunOptions(device=device.value if device else None, wandb=not no_wandb, continuing=True)
-    _run(loaded.config, options, json_output)
+    run_training(loaded.config, options, json_output)
 
 
 def _resume_target(run_dir: Path | None, load_path: Path | None) -> tuple[Path, Path, Path]:
@@ -233,12 +233,12 @@ def _resume_target(run_dir: Path | None, load_path: Path | None) -> tuple[Path, 
     )
 
 
-def _run(cfg: TrainConfig, options: RunOptions, json_output: bool) -> None:
+def run_training(cfg: TrainConfig, options: RunOptions, json_output: bool) -> None:
     from olmo_cli.commands._train_display import TrainDisplay
     from olmo_cli.train.run import run
 
     mode = "json" if json_output else None
-    if not _is_main_process():
+    if not is_main_process():
         run(cfg, events=lambda event: None, options=options)
         return
     with TrainDisplay(mode=mode, every=_plain_every(cfg)) as display:

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_serializer, model_validator
 
 
 @dataclass(frozen=True)
@@ -365,6 +365,32 @@ def _legacy_activation_checkpointing(value: Any) -> Any:
     return value
 
 
+LoRATarget = Literal["att_proj", "attn_out", "ff_proj", "ff_out"]
+
+
+class LoRAConfig(Section):
+    """Low-rank adapters (olmo's extension; upstream OLMo has no such section). Each target Linear of
+    every block computes `W x + (alpha / rank) * B A dropout(x)`; only A and B train (see model/lora.py).
+    Kept in the run's config so `olmo resume` of a LoRA run builds the same adapters."""
+
+    rank: int = Field(8, gt=0)
+    alpha: float = Field(16.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    targets: list[LoRATarget] = Field(default_factory=lambda: ["att_proj", "attn_out", "ff_proj", "ff_out"])
+
+    @model_validator(mode="after")
+    def _some_targets(self) -> LoRAConfig:
+        if not self.targets:
+            raise ValueError("lora.targets names no module: give some of att_proj, attn_out, ff_proj, ff_out")
+        if len(set(self.targets)) != len(self.targets):
+            raise ValueError(f"lora.targets repeats a module: {self.targets}")
+        return self
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / self.rank
+
+
 _PROFILING = "profiling hooks are not implemented"
 
 
@@ -450,6 +476,16 @@ class TrainConfig(Section):
     )
     hf_datasets_cache_dir: Annotated[str | None, NotActedOn("deprecated upstream")] = None
     module_outputs_save_steps: Annotated[list[int] | None, NotActedOn(_PROFILING)] = None
+    # olmo's extension (not upstream's): LoRA finetuning. Left out of dumps while unset, so every other
+    # run's config.yaml keeps exactly upstream's keys.
+    lora: LoRAConfig | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_unset_extensions(self, handler: Any) -> Any:
+        data = handler(self)
+        if isinstance(data, dict) and self.lora is None:
+            data.pop("lora", None)
+        return data
 
     @property
     def tokens_per_step(self) -> int:

@@ -1,8 +1,9 @@
 """Any checkpoint a user may point at, read as (config, native weights, tokenizer) and built into a model.
 
 Accepted: an unsharded checkpoint (ours or upstream's `stepN-unsharded/`), our sharded checkpoint
-(`stepN/` with `model_and_optim/`, unsharded on the way), a Hugging Face Olmo directory, or a run
-folder (its latest checkpoint).
+(`stepN/` with `model_and_optim/`, unsharded on the way), a Hugging Face Olmo directory, a quantized
+checkpoint written by `olmo quantize` (int8/int4 weights; `load_model` returns a model computing with
+them), or a run folder (its latest checkpoint).
 """
 
 from __future__ import annotations
@@ -19,10 +20,18 @@ from olmo_cli.errors import CheckpointError, ConfigError
 if TYPE_CHECKING:
     from olmo_cli.data.tokenizer import ResolvedTokenizer
     from olmo_cli.model.olmo import OLMo
+    from olmo_cli.quant.settings import QuantLayout
 
-__all__ = ["CheckpointWeights", "load_model", "load_tokenizer", "read_checkpoint", "resolve_checkpoint"]
+__all__ = [
+    "CheckpointWeights",
+    "load_model",
+    "load_tokenizer",
+    "read_checkpoint",
+    "require_full_precision",
+    "resolve_checkpoint",
+]
 
-CheckpointKind = Literal["unsharded", "sharded", "hf"]
+CheckpointKind = Literal["unsharded", "sharded", "hf", "quantized"]
 SHARDED_MODEL_DIR = "model_and_optim"
 TOKENIZER_FILE = "tokenizer.json"
 
@@ -33,23 +42,32 @@ class CheckpointWeights:
     kind: CheckpointKind
     config: TrainConfig
     state: dict[str, torch.Tensor]
-    """Native parameter names, fp32, on the CPU."""
+    """Native parameter names, fp32, on the CPU. For a quantized checkpoint: the stored tensors (packed
+    `M.qweight`/`M.scales`/`M.zeros` per quantized module M, see `olmo_cli.quant.model`)."""
     tokenizer_file: Path | None = None
     """A tokenizer.json stored with the checkpoint; it wins over config.tokenizer.identifier."""
     warnings: list[str] = field(default_factory=list)
+    quantization: QuantLayout | None = None
+    """Set for a quantized checkpoint (kind "quantized"): method, group size, quantized modules."""
 
 
 def resolve_checkpoint(path: Path | str) -> Path:
     """The checkpoint directory `path` names: itself, or a run folder's latest checkpoint."""
     from olmo_cli.checkpoint.layout import find_latest_checkpoint, resolve_state_file
     from olmo_cli.convert.import_hf import is_hf_dir
+    from olmo_cli.quant.checkpoint import is_quantized
 
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist", hint="check the path")
     if not path.is_dir():
         raise CheckpointError(f"checkpoint {path} is not a directory")
-    if is_hf_dir(path) or resolve_state_file(path, "model") or (path / SHARDED_MODEL_DIR).is_dir():
+    if (
+        is_hf_dir(path)
+        or is_quantized(path)
+        or resolve_state_file(path, "model")
+        or (path / SHARDED_MODEL_DIR).is_dir()
+    ):
         return path
     latest = find_latest_checkpoint(path)
     if latest is None:
@@ -111,11 +129,29 @@ def _read_sharded(path: Path) -> CheckpointWeights:
     return CheckpointWeights(path, "sharded", config, state, warnings=warnings)
 
 
+def _read_quantized(path: Path) -> CheckpointWeights:
+    from olmo_cli.config.yamlio import read_yaml
+    from olmo_cli.quant.checkpoint import read_quantized_files
+    from olmo_cli.quant.model import check_quantized_tensors
+
+    config_file = path / "config.yaml"
+    config = _train_config(read_yaml(config_file) if config_file.is_file() else None, str(path))
+    found = read_quantized_files(path)
+    check_quantized_tensors(found.tensors, found.layout, config.model, source=str(path))
+    return CheckpointWeights(
+        path, "quantized", config, found.tensors, found.tokenizer_file, found.warnings, found.layout
+    )
+
+
 def read_checkpoint(path: Path | str) -> CheckpointWeights:
-    """Config and native fp32 weights of any supported checkpoint (see the module doc)."""
+    """Config and native fp32 weights of any supported checkpoint (see the module doc); for a quantized
+    checkpoint the stored quantized tensors and `quantization` set."""
     from olmo_cli.convert.import_hf import is_hf_dir, read_hf
+    from olmo_cli.quant.checkpoint import is_quantized
 
     path = resolve_checkpoint(path)
+    if is_quantized(path):
+        return _read_quantized(path)
     if is_hf_dir(path):
         hf = read_hf(path)
         return CheckpointWeights(path, "hf", hf.config, hf.model, hf.tokenizer_file, hf.warnings)
@@ -148,9 +184,34 @@ def load_tokenizer(checkpoint: CheckpointWeights) -> ResolvedTokenizer:
 def load_model(
     checkpoint: CheckpointWeights, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
 ) -> OLMo:
-    """An eval-mode OLMo holding the checkpoint's weights, on `device` in `dtype`."""
+    """An eval-mode OLMo holding the checkpoint's weights, on `device` in `dtype`.
+
+    For a quantized checkpoint the Linear modules (and the embedding, if quantized) are
+    `olmo_cli.quant.modules` QuantLinear/QuantEmbedding computing with the int8/int4 weights; `dtype` is
+    then the dtype of activations and of the tensors kept in full precision.
+    """
     from olmo_cli.model.olmo import build_model
 
+    if checkpoint.quantization is not None:
+        from olmo_cli.quant.model import build_quantized_model
+
+        return build_quantized_model(
+            checkpoint.config.model,
+            checkpoint.state,
+            checkpoint.quantization,
+            device=device,
+            dtype=dtype,
+            source=str(checkpoint.path),
+        )
     model = build_model(checkpoint.config.model, device="meta")
     model.load_state_dict(checkpoint.state, strict=True, assign=True)
     return model.to(device=device, dtype=dtype).eval()
+
+
+def require_full_precision(checkpoint: CheckpointWeights, action: str) -> None:
+    """Raises CheckpointError when `checkpoint` is quantized; `action` names what needs full precision
+    (e.g. "olmo finetune")."""
+    if checkpoint.quantization is not None:
+        from olmo_cli.quant.checkpoint import refuse_quantized
+
+        refuse_quantized(checkpoint.path, action)

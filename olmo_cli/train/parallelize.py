@@ -200,15 +200,19 @@ def _initialize(model: nn.Module, order: list[str], cfg: TrainConfig, device: to
     if seed is not None:
         generator = torch.Generator(device=device)
         generator.manual_seed(seed)
+    from olmo_cli.model.lora import adapter_init_rule
+
     params = _named_params(model)
     for name in order:
         param = params[name]
+        # LoRA adapters (when the model has them) have their own rule; everything else is the model's.
+        rule = adapter_init_rule(name, param.shape) or init_rule(name, cfg.model)
         if not is_dtensor(param):
-            init_tensor(param, init_rule(name, cfg.model), generator)
+            init_tensor(param, rule, generator)
             continue
         # Draw the whole tensor (one at a time, so peak memory is one parameter) and keep our shard.
         full = torch.empty(param.shape, dtype=param.dtype, device=device)
-        init_tensor(full, init_rule(name, cfg.model), generator)
+        init_tensor(full, rule, generator)
         _set_full(param, full)
 
 

@@ -1,14 +1,21 @@
 """Loading a checkpoint into a freshly built model and optimizer (olmo-format.md §4.7).
 
 `load_path` (or, with `try_load_latest_save`, the newest checkpoint in `save_folder`) names a
-`step{N}-unsharded/` directory in upstream's layout (ours, or an official one) or a sharded `step{N}/`
-written by torch.distributed.checkpoint at any world size. Weights always load; the optimizer unless
-`reset_optimizer_state`; the trainer state unless `reset_trainer_state`. The LR, initial LR and weight
-decay then follow the config and the schedule, not the file.
+`step{N}-unsharded/` directory in upstream's layout (ours, or an official one), a sharded `step{N}/`
+written by torch.distributed.checkpoint at any world size, or a Hugging Face Olmo directory (weights
+only). Weights always load; the optimizer unless `reset_optimizer_state`; the trainer state unless
+`reset_trainer_state`. The LR, initial LR and weight decay then follow the config and the schedule, not
+the file.
+
+The two resets describe how a run starts from someone else's checkpoint (a finetune: weights only). A
+run continuing from its own checkpoint (`olmo resume`) restores everything, whatever they say, as
+upstream's `try_load_latest_save` does; so a finetune resumes where it stopped, not from its base.
+With LoRA (`cfg.lora`), a base checkpoint has no adapters: they keep their initialization.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +42,7 @@ class Restored:
     callbacks: dict[str, Any] = field(default_factory=dict)
     optim: dict[str, Any] | None = None  # unsharded optimizer state, loaded once the LR is known
     warnings: list[str] = field(default_factory=list)
+    optimizer_reset: bool = False  # reset_optimizer_state applied: the optimizer starts fresh
 
 
 def checkpoint_to_load(cfg: TrainConfig) -> Path | None:
@@ -58,35 +66,37 @@ def checkpoint_to_load(cfg: TrainConfig) -> Path | None:
 
 
 def restore_checkpoint(
-    cfg: TrainConfig, model: nn.Module, optim: torch.optim.Optimizer, world: World, path: Path
+    cfg: TrainConfig,
+    model: nn.Module,
+    optim: torch.optim.Optimizer,
+    world: World,
+    path: Path,
+    *,
+    own: bool = False,
 ) -> Restored:
     """Loads the weights (and for a sharded checkpoint the optimizer) into `model`/`optim`; returns the
-    trainer state to continue from. Raises CheckpointError naming mismatched keys and shapes."""
-    restored = Restored(path=path)
-    load_optim = not cfg.reset_optimizer_state
+    trainer state to continue from. `own`: the checkpoint is this run's (resets do not apply). Raises
+    CheckpointError naming mismatched keys and shapes."""
+    from olmo_cli.quant.checkpoint import refuse_quantized
+
+    refuse_quantized(path, "training from it")
+    reset_trainer = cfg.reset_trainer_state and not own
+    restored = Restored(path=path, optimizer_reset=cfg.reset_optimizer_state and not own)
+    load_optim = not restored.optimizer_reset
     saved: dict[str, Any] | None = None
-    if is_unsharded(path):
-        from olmo_cli.checkpoint.unsharded import read_unsharded
-        from olmo_cli.train.parallelize import load_full_model_state
+    base_only = cfg.lora is not None and not own
+    with _adapters_hidden(model) if base_only else contextlib.nullcontext():
+        if _is_hf(path):
+            _load_hf(model, path, restored)
+        elif is_unsharded(path):
+            saved = _load_unsharded(cfg, model, path, restored, load_optim, reset_trainer, base_only)
+        else:
+            from olmo_cli.checkpoint.sharded import read_sharded
 
-        ckpt = read_unsharded(
-            path,
-            load_optim=load_optim,
-            load_trainer=not cfg.reset_trainer_state,
-            model_config=cfg.model,
-        )
-        load_full_model_state(model, ckpt.model)
-        restored.optim = ckpt.optim
-        restored.warnings += ckpt.warnings
-        saved = ckpt.trainer
-    else:
-        from olmo_cli.checkpoint.sharded import read_sharded
-
-        saved = read_sharded(
-            path, model=model, optim=optim if load_optim else None, world=world, warnings=restored.warnings
-        )
-        if cfg.reset_trainer_state:
-            saved = None
+            target = optim if load_optim else None
+            saved = read_sharded(path, model=model, optim=target, world=world, warnings=restored.warnings)
+    if reset_trainer:
+        saved = None
     if saved is not None:
         restored.state, same_world = TrainerState.restored(saved, cfg, world.world_size)
         if same_world:
@@ -95,6 +105,63 @@ def restore_checkpoint(
         if isinstance(callbacks, dict):
             restored.callbacks = callbacks
     return restored
+
+
+def _adapters_hidden(model: nn.Module) -> contextlib.AbstractContextManager[None]:
+    from olmo_cli.model.lora import adapters_detached
+
+    return adapters_detached(model)
+
+
+def _is_hf(path: Path) -> bool:
+    from olmo_cli.convert.import_hf import is_hf_dir
+
+    return is_hf_dir(path)
+
+
+def _load_hf(model: nn.Module, path: Path, restored: Restored) -> None:
+    """A Hugging Face directory holds weights only: no optimizer or trainer state to restore."""
+    from olmo_cli.convert.import_hf import read_hf
+    from olmo_cli.train.parallelize import load_full_model_state
+
+    found = read_hf(path)
+    load_full_model_state(model, found.model)
+    restored.warnings += found.warnings
+    if not restored.optimizer_reset:
+        restored.warnings.append(f"{path} is a Hugging Face directory: it has no optimizer state")
+
+
+def _load_unsharded(
+    cfg: TrainConfig,
+    model: nn.Module,
+    path: Path,
+    restored: Restored,
+    load_optim: bool,
+    reset_trainer: bool,
+    base_only: bool,
+) -> dict[str, Any] | None:
+    from olmo_cli.checkpoint.model_state import check_model_state
+    from olmo_cli.checkpoint.unsharded import read_unsharded
+    from olmo_cli.train.parallelize import load_full_model_state
+
+    own_lora = cfg.lora is not None and not base_only
+    ckpt = read_unsharded(
+        path,
+        load_optim=load_optim,
+        load_trainer=not reset_trainer,
+        model_config=None if own_lora else cfg.model,
+    )
+    if own_lora:
+        # A LoRA run's own checkpoint: its base part is checked against the config here, the adapters
+        # against the model when they load.
+        from olmo_cli.model.lora import is_adapter_name
+
+        base = {k: v for k, v in ckpt.model.items() if not is_adapter_name(k)}
+        check_model_state(base, cfg.model, source=str(path))
+    load_full_model_state(model, ckpt.model)
+    restored.optim = ckpt.optim
+    restored.warnings += ckpt.warnings
+    return ckpt.trainer
 
 
 def set_optimizer_hyperparameters(

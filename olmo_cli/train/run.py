@@ -118,13 +118,13 @@ def _run(cfg: TrainConfig, events: EventSink, options: RunOptions, world: World)
     model, optim = _build_model(cfg, world)
     restored = Restored()
     if prep.load_from is not None:
-        restored = restore_checkpoint(cfg, model, optim, world, prep.load_from)
+        restored = restore_checkpoint(cfg, model, optim, world, prep.load_from, own=prep.continuing)
         for warning in restored.warnings:
             events(Message(warning, level="warning"))
     state = restored.state
     # 3. loader -> schedule
     loader = _loader(cfg, prep.dataset, world, options, state)
-    schedule = _schedule(cfg, state, loader)
+    schedule = _schedule(cfg, state, loader, optimizer_reset=restored.optimizer_reset)
     _warn_if_nothing_to_do(state, schedule, events)
     if restored.path is not None:
         position = duration.scheduler_position(cfg, state.global_step, state.tokens_seen)
@@ -209,16 +209,22 @@ def _build_model(cfg: TrainConfig, world: World) -> tuple[torch.nn.Module, torch
         model = build_model(cfg.model, "meta")
     except ValueError as e:  # an architecture switch the model does not implement
         raise ConfigError(str(e), hint="change the model settings named above") from None
+    if cfg.lora is not None:
+        from olmo_cli.model.lora import apply_lora
+
+        apply_lora(model, cfg.lora)  # before wrapping: FSDP shards the adapters with their block
     model = parallelize_model(model, cfg, world, seed=cfg.seed)
     model.train()
     return model, build_optimizer(model, cfg)
 
 
-def _schedule(cfg: TrainConfig, state: TrainerState, loader: BatchLoader) -> Schedule:
+def _schedule(
+    cfg: TrainConfig, state: TrainerState, loader: BatchLoader, *, optimizer_reset: bool
+) -> Schedule:
     per_epoch = loader.batches_in_epoch(state.epoch)
     max_steps = duration.max_steps(cfg, state.tokens_seen, state.global_step, per_epoch)
     bolt_on = None
-    if cfg.reset_optimizer_state and state.global_step > 0:
+    if optimizer_reset and state.global_step > 0:
         bolt_on = BoltOnWarmup.for_restart(state.global_step, cfg.scheduler)
     return Schedule(
         max_position=duration.scheduler_max(cfg, state.tokens_seen, state.global_step, per_epoch),
@@ -252,8 +258,7 @@ def _eval_sets(cfg: TrainConfig, events: EventSink) -> list[EvalSet]:
     sets = []
     for ev in cfg.evaluators:
         if ev.type != "lm":
-            events(Message(f"evaluator {ev.label!r}: downstream tasks are not run in the loop", "warning"))
-            continue
+            continue  # downstream tasks: _callbacks builds them (olmo_cli/eval/in_loop.py)
         if not (ev.data.paths or ev.data.datasets):
             events(Message(f"evaluator {ev.label!r} names no data and is skipped", "warning"))
             continue
@@ -270,15 +275,25 @@ def _eval_sets(cfg: TrainConfig, events: EventSink) -> list[EvalSet]:
     return sets
 
 
+def _task_sets(cfg: TrainConfig, events: EventSink) -> list:
+    from olmo_cli.eval.in_loop import downstream_sets
+
+    return downstream_sets(cfg, lambda text: events(Message(text, "warning")))
+
+
 def _callbacks(
     cfg: TrainConfig, options: RunOptions, run_dir: Path, text: str, events: EventSink, continuing: bool
 ) -> CallbackList:
     """In the order they run after each step: save, evaluate, then the sinks that record the step."""
     callbacks: list[Callback] = [
         Checkpointer(run_dir, text, events, overwrite=continuing or cfg.save_overwrite),
-        Evaluator(_eval_sets(cfg, events), cfg.eval_interval, events),
+        Evaluator(_eval_sets(cfg, events), cfg.eval_interval, events, _task_sets(cfg, events)),
         MetricsFile(run_dir / METRICS_FILE),
     ]
+    if cfg.lora is not None:  # right after the checkpointer, whose saves it follows
+        from olmo_cli.train.callbacks.adapter import AdapterWriter
+
+        callbacks.insert(1, AdapterWriter(run_dir, cfg.lora, cfg.load_path, events))
     if cfg.wandb is not None and options.wandb:
         from olmo_cli.train.callbacks.wandb_sink import WandbSink
 

@@ -1,11 +1,12 @@
-"""In-loop perplexity evaluation every `eval_interval` steps and after the last step (olmo-format.md §9.1):
-`eval/{label}/CrossEntropyLoss` and `eval/{label}/Perplexity` join that step's metrics."""
+"""In-loop evaluation every `eval_interval` steps and after the last step: perplexity (olmo-format.md §9.1,
+`eval/{label}/CrossEntropyLoss` and `eval/{label}/Perplexity`) and downstream tasks (§9.2,
+`eval/downstream/{label}_{metric}`, see olmo_cli/eval/in_loop.py) join that step's metrics."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from olmo_cli.data.dataset import MemmapDataset
 from olmo_cli.train.callbacks.base import Callback
@@ -29,15 +30,22 @@ class EvalSet:
 class Evaluator(Callback):
     name = "evaluator"
 
-    def __init__(self, sets: list[EvalSet], interval: int, events: EventSink) -> None:
+    def __init__(
+        self, sets: list[EvalSet], interval: int, events: EventSink, tasks: list[Any] | None = None
+    ) -> None:
         self.sets = sets
+        self.tasks = tasks or []  # olmo_cli.eval.in_loop.TaskSet: downstream evaluators
         self.interval = interval
         self.events = events
         self.last_step: int | None = None
 
     def on_step(self, trainer: Trainer, metrics: dict[str, float]) -> None:
         step = trainer.state.global_step
-        if self.sets and (step % self.interval == 0 or trainer.is_final_step) and step != self.last_step:
+        if (
+            (self.sets or self.tasks)
+            and (step % self.interval == 0 or trainer.is_final_step)
+            and step != self.last_step
+        ):
             metrics.update(self.evaluate(trainer))
 
     def evaluate(self, trainer: Trainer) -> dict[str, float]:
@@ -63,6 +71,18 @@ class Evaluator(Callback):
                     # label, as upstream names them; the whole set by the evaluator's label.
                     key = f"eval/{name}" if "/" in name else f"eval/{eval_set.label}/{name}"
                     results[key] = float(value)
+            for task_set in self.tasks:
+                from olmo_cli.eval.in_loop import run_task_set
+
+                world = trainer.world
+                found = run_task_set(
+                    trainer.model,
+                    task_set,
+                    rank=world.rank,
+                    world_size=world.world_size,
+                    autocast_dtype=trainer.autocast,
+                )
+                results.update(found)
         finally:
             trainer.model.train(was_training)
         self.last_step = trainer.state.global_step
