@@ -27,8 +27,14 @@ from olmo_cli.commands import eval as eval_command
 
 app = typer.Typer(
     name="olmo",
-    help="Train and use OLMo-family open language models: presets, and more commands as they land."
-    "\n\nExamples:\n\n  olmo presets list\n\n  olmo presets show 7b --gpus 8",
+    help="Pretrain, resume, finetune, inspect, convert, evaluate and shrink OLMo-family open language "
+    "models."
+    "\n\nExamples:\n\n  olmo train --preset tiny"
+    "\n\n  olmo checkpoints download --model 1b --step 2000"
+    "\n\n  olmo inspect-batch 0 --run runs/olmo-tiny"
+    "\n\n  olmo generate runs/olmo-tiny --prompt 'def main():'"
+    "\n\n  olmo eval runs/olmo-tiny --perplexity data/val"
+    "\n\n  olmo quantize runs/olmo-tiny --method int8 --output runs/olmo-tiny-int8",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
