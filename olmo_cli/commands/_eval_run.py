@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from olmo_cli.commands.generate import Dtype
+from olmo_cli.commands._options import Dtype
 
 if TYPE_CHECKING:
     import torch
@@ -96,12 +96,12 @@ def run(req: Request) -> None:
     _check(req)
     tasks = _selected_tasks(req)  # bad task names and files fail here, before torch is even imported
     from olmo_cli import ui
-    from olmo_cli.commands.generate import _device, _dtype
+    from olmo_cli.commands._options import resolve_device, resolve_dtype
     from olmo_cli.model.load import load_model, load_tokenizer, read_checkpoint
 
     assert req.checkpoint is not None
-    where = _device(req.device)
-    torch_dtype = _dtype(req.dtype, where)
+    where = resolve_device(req.device)
+    torch_dtype = resolve_dtype(req.dtype, where)
     found = read_checkpoint(req.checkpoint)
     for warning in found.warnings:
         ui.warn(warning)

@@ -7,8 +7,7 @@ from typing import Annotated
 
 import typer
 
-from olmo_cli.commands._options import JsonOption
-from olmo_cli.commands.generate import Dtype
+from olmo_cli.commands._options import Dtype, DtypeOption, JsonOption, RunDeviceOption
 
 _HELP = r"""Evaluate a checkpoint: multiple-choice tasks, perplexity over data, lm-eval-harness tasks.
 
@@ -132,15 +131,8 @@ def eval_cmd(
             show_default=False,
         ),
     ] = None,
-    device: Annotated[
-        str | None,
-        typer.Option(
-            "--device", help="cpu, cuda, cuda:1, ... (default: cuda if available).", show_default=False
-        ),
-    ] = None,
-    dtype: Annotated[
-        Dtype, typer.Option("--dtype", help="Weights and compute dtype; auto is bf16 on GPU, fp32 on CPU.")
-    ] = Dtype.auto,
+    device: RunDeviceOption = None,
+    dtype: DtypeOption = Dtype.auto,
     json_output: JsonOption = False,
 ) -> None:
     from olmo_cli.commands import _eval_run

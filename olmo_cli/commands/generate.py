@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import time
-from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from olmo_cli.commands._options import JsonOption
+from olmo_cli.commands._options import (
+    Dtype,
+    DtypeOption,
+    JsonOption,
+    RunDeviceOption,
+    resolve_device,
+    resolve_dtype,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -17,12 +23,6 @@ if TYPE_CHECKING:
     from olmo_cli.data.tokenizer import ResolvedTokenizer
     from olmo_cli.model.generate import Completion, GenerationSettings
     from olmo_cli.model.olmo import OLMo
-
-
-class Dtype(str, Enum):
-    auto = "auto"
-    bf16 = "bf16"
-    fp32 = "fp32"
 
 
 def generate(
@@ -88,15 +88,8 @@ def generate(
         ),
     ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Prompts generated together.")] = 8,
-    device: Annotated[
-        str | None,
-        typer.Option(
-            "--device", help="cpu, cuda, cuda:1, ... (default: cuda if available).", show_default=False
-        ),
-    ] = None,
-    dtype: Annotated[
-        Dtype, typer.Option("--dtype", help="Weights and compute dtype; auto is bf16 on GPU, fp32 on CPU.")
-    ] = Dtype.auto,
+    device: RunDeviceOption = None,
+    dtype: DtypeOption = Dtype.auto,
     json_output: JsonOption = False,
 ) -> None:
     """Generate text from a checkpoint: greedy or sampled, with a KV cache, streaming to the terminal.
@@ -123,8 +116,8 @@ def generate(
     except ValueError as e:
         raise UsageError(str(e)) from None
     texts, conversations = _read_prompts(prompt, prompts_file, chat)
-    where = _device(device)
-    torch_dtype = _dtype(dtype, where)
+    where = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, where)
     found = read_checkpoint(checkpoint)
     for warning in found.warnings:
         ui.warn(warning)
@@ -246,30 +239,6 @@ def _run(
     if stream:
         ui.console.out("")
     return results
-
-
-def _device(name: str | None) -> torch.device:
-    import torch
-
-    from olmo_cli.errors import UsageError
-
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as e:
-        raise UsageError(f"--device {name}: {e}", hint="cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {name}: CUDA is not available here", hint="use --device cpu")
-    return device
-
-
-def _dtype(choice: Dtype, device: torch.device) -> torch.dtype:
-    import torch
-
-    if choice is Dtype.auto:
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return torch.bfloat16 if choice is Dtype.bf16 else torch.float32
 
 
 def _as_json(
