@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 __all__ = ["MODEL_NAME", "export_harness_task", "harness_available", "harness_lm", "lm_class", "run_harness"]
 
 MODEL_NAME = "olmo-cli"
-INSTALL_HINT = "pip install lm-eval (the harness is an optional extra)"
+INSTALL_HINT = "pip install 'olmo-cli[eval]' (or 'lm-eval[hf]'): the harness is an optional extra"
 _CLASS: type | None = None
 
 
