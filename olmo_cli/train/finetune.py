@@ -9,8 +9,8 @@ train/restore.py: the resets apply only to a checkpoint that is not the run's ow
 The config is, in increasing precedence:
   1. the base: the checkpoint's own config (its config.yaml, or a Hugging Face config.json), or the
      --preset / --config given, whose model must then describe the checkpoint's architecture;
-  2. FINETUNE_DEFAULTS (a --config file's own values win over them; a preset's do not, presets being
-     pretraining recipes);
+  2. FINETUNE_DEFAULTS and a global batch of at most FINETUNE_MAX_GLOBAL_BATCH (a --config file's own
+     values win over them; a preset's do not, presets being pretraining recipes);
   3. --lora-* settings, then --set overrides;
   4. what makes it a finetune of BASE (load_path and the two resets) and --save-folder.
 Then, unless set explicitly, the warmup is WARMUP_FRACTION of the steps and `stop_at` is the last step.
@@ -30,6 +30,7 @@ from olmo_cli.errors import CheckpointError, ConfigError, UsageError
 __all__ = [
     "ARCHITECTURE",
     "FINETUNE_DEFAULTS",
+    "FINETUNE_MAX_GLOBAL_BATCH",
     "WARMUP_FRACTION",
     "BaseCheckpoint",
     "FinetuneRequest",
@@ -58,6 +59,9 @@ FINETUNE_DEFAULTS: dict[str, Any] = {
     "wandb": None,  # the base's wandb section names its own project (upstream's: ai2-llm)
 }
 WARMUP_FRACTION = 0.03
+# Tulu's effective batch. A base's pretraining batch (2048 sequences for the official 1B/7B) would leave
+# a finetune set of a few thousand conversations less than a step; a smaller base batch is kept.
+FINETUNE_MAX_GLOBAL_BATCH = 128
 LORA_LEARNING_RATE = 1e-4  # adapters start at zero and are few: they want a larger step
 
 # The fields that decide the parameters' shapes or the forward computation, read through the properties
@@ -250,6 +254,10 @@ def _configured(request: FinetuneRequest, base: BaseCheckpoint) -> tuple[TrainCo
     for key, value in _defaults(request, base).items():
         if key not in own_keys:
             _set(data, key, value)
+    if "global_train_batch_size" not in own_keys:
+        default = TrainConfig.model_fields["global_train_batch_size"].default
+        batch = data.get("global_train_batch_size") or default
+        data["global_train_batch_size"] = min(batch, FINETUNE_MAX_GLOBAL_BATCH)
     if request.lora is not None:
         data["lora"] = {**(data.get("lora") or {}), **request.lora}
     data, touched = apply_overrides(data, list(request.overrides))

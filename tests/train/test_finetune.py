@@ -19,12 +19,18 @@ from olmo_cli.data.dataset import build_dataset
 from olmo_cli.errors import ConfigError, UsageError
 from olmo_cli.model.load import load_model, load_tokenizer, read_checkpoint
 from olmo_cli.model.lora_merge import merge_adapter
-from olmo_cli.train.finetune import WARMUP_FRACTION, FinetuneRequest, build_finetune_config
+from olmo_cli.train.finetune import (
+    FINETUNE_MAX_GLOBAL_BATCH,
+    WARMUP_FRACTION,
+    FinetuneRequest,
+    build_finetune_config,
+)
 from tests.checkpoint._upstream import write_upstream_safetensors
 from tests.train._finetune_data import (
     SEQ,
     accuracy,
     base_checkpoint,
+    base_config,
     chat_data,
     finetune_config,
     logits_of,
@@ -226,6 +232,15 @@ def test_finetune_defaults_and_overrides(tmp_path, material):
     assert (changed.optimizer.learning_rate, changed.scheduler.t_warmup, changed.stop_at) == (1e-3, 7, 30)
     lora = finetune_config(base, data, tmp_path / "r", lora={"rank": 4})
     assert lora.optimizer.learning_rate == 1e-4 and lora.lora is not None and lora.lora.rank == 4
+
+
+def test_a_pretraining_batch_is_capped_for_finetuning_unless_asked_for(tmp_path, material):
+    _, data = material
+    pretraining = base_config().model_copy(update={"global_train_batch_size": 2048})
+    big = base_checkpoint(tmp_path / "big", cfg=pretraining)
+    assert finetune_config(big, data, tmp_path / "a").global_train_batch_size == FINETUNE_MAX_GLOBAL_BATCH
+    asked = finetune_config(big, data, tmp_path / "b", "global_train_batch_size=256")
+    assert asked.global_train_batch_size == 256
 
 
 def test_finetune_needs_data_and_its_own_folder(tmp_path, material):
