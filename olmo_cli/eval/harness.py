@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from olmo_cli.errors import UsageError
+from olmo_cli.errors import NetworkError, UsageError
 from olmo_cli.eval.requests import Request
 from olmo_cli.eval.scoring import score_requests
 
@@ -194,14 +194,21 @@ def run_harness(
             f"unknown harness task(s): {', '.join(unknown)}",
             hint="see `lm-eval ls tasks`; local task YAMLs are found with --harness-include DIR",
         )
-    found = simple_evaluate(
-        model=lm,
-        tasks=list(tasks),
-        task_manager=manager,
-        limit=limit,
-        log_samples=False,
-        bootstrap_iters=1000,
-    )
+    try:
+        found = simple_evaluate(
+            model=lm,
+            tasks=list(tasks),
+            task_manager=manager,
+            limit=limit,
+            log_samples=False,
+            bootstrap_iters=1000,
+        )
+    except ConnectionError as exc:  # `datasets` could not fetch a task's data from the Hub
+        raise NetworkError(
+            f"harness task data could not be downloaded: {exc}",
+            hint="harness tasks read their datasets from the Hugging Face Hub: run once with network (they "
+            "are cached under ~/.cache/huggingface), then HF_DATASETS_OFFLINE=1 uses the cache",
+        ) from None
     assert found is not None  # None only on non-zero ranks
     return {
         "results": found["results"],

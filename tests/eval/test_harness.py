@@ -18,7 +18,7 @@ pytest.importorskip("accelerate", reason="optional extra: the harness's hf backe
 from lm_eval.api.instance import Instance  # noqa: E402
 
 from olmo_cli.convert.export import export_hf  # noqa: E402
-from olmo_cli.errors import UsageError  # noqa: E402
+from olmo_cli.errors import NetworkError, UsageError  # noqa: E402
 from olmo_cli.eval.formats import Doc  # noqa: E402
 from olmo_cli.eval.harness import export_harness_task, harness_lm, run_harness  # noqa: E402
 from olmo_cli.eval.taskfile import TaskData  # noqa: E402
@@ -126,3 +126,11 @@ def test_cli_harness_matches_the_hf_backend(setup, models):
 def test_unknown_harness_task(setup, models):
     with pytest.raises(UsageError, match="unknown harness task"):
         run_harness(models[0], ["no_such_task_anywhere"], include_path=setup[2])
+
+
+def test_a_task_whose_data_cannot_be_fetched_is_one_network_error(setup, models):
+    """arc_easy reads allenai/ai2_arc from the Hub; offline with an empty cache that is a NetworkError
+    (exit 5) with a hint, not the `datasets` traceback."""
+    with pytest.raises(NetworkError) as info:
+        run_harness(models[0], ["arc_easy"], include_path=setup[2], limit=1)
+    assert info.value.exit_code == 5 and "Hugging Face Hub" in (info.value.hint or "")
