@@ -58,3 +58,15 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> None:
 
 def atomic_write_text(path: Path | str, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def check_output_dir(output: Path | str, overwrite: bool) -> None:
+    """Raises UsageError when `output` is a file, or a non-empty directory and `overwrite` is off; called
+    before the work that fills it, so nothing is computed only to be refused."""
+    from olmo_cli.errors import UsageError
+
+    output = Path(output)
+    if output.exists() and not output.is_dir():
+        raise UsageError(f"--output {output} is a file")
+    if output.is_dir() and any(output.iterdir()) and not overwrite:
+        raise UsageError(f"--output {output} already exists and is not empty", hint="pass --overwrite")

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import ProgressColumn, Task
 from rich.table import Table
 from rich.text import Text
@@ -19,15 +20,16 @@ err_console = Console(stderr=True, highlight=False)
 
 
 def print_error(message: str, *, details: list[str] | None = None, hint: str | None = None) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+    # Messages are plain text (paths, JSON shapes, `--set a=[x,y]`): only our labels are markup.
+    err_console.print(f"[bold red]error:[/] {escape(message)}", markup=True, soft_wrap=True)
     for line in details or []:
         err_console.print(f"  {line}", markup=False, soft_wrap=True)
     if hint:
-        err_console.print(f"[yellow]hint:[/] {hint}", markup=True, soft_wrap=True)
+        err_console.print(f"[yellow]hint:[/] {escape(hint)}", markup=True, soft_wrap=True)
 
 
 def warn(message: str) -> None:
-    err_console.print(f"[yellow]warning:[/] {message}", markup=True, soft_wrap=True)
+    err_console.print(f"[yellow]warning:[/] {escape(message)}", markup=True, soft_wrap=True)
 
 
 def print_json(data: Any) -> None:

@@ -68,6 +68,10 @@ def _check(req: Request) -> None:
 
     if req.checkpoint is None:
         raise UsageError("give the checkpoint to evaluate", hint="olmo eval CKPT [--tasks ...]")
+    if not req.checkpoint.exists():  # before the task data, which would otherwise be the first complaint
+        from olmo_cli.errors import CheckpointError
+
+        raise CheckpointError(f"checkpoint {req.checkpoint} does not exist", hint="check the path")
     if req.data and not req.perplexity:
         raise UsageError(
             f"{req.data[0]} is given but --perplexity is not", hint="olmo eval CKPT --perplexity DATA..."

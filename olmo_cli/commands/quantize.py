@@ -152,6 +152,7 @@ def _native(
     as_json: bool,
 ) -> None:
     from olmo_cli import ui
+    from olmo_cli.atomic import check_output_dir
     from olmo_cli.config.yamlio import dump_yaml
     from olmo_cli.errors import OlmoError, UsageError
     from olmo_cli.model.load import load_tokenizer
@@ -163,6 +164,7 @@ def _native(
         settings = QuantSettings(method, group, embeddings)
     except ValueError as e:
         raise UsageError(str(e)) from None
+    check_output_dir(output, overwrite)
     found = _read_full_precision(checkpoint)
     dataset = _dataset(eval_data, found) if eval_data else None  # bad data fails before the work
     try:

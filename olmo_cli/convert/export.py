@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from olmo_cli.atomic import atomic_write_text, fsync_dir
+from olmo_cli.atomic import atomic_write_text, check_output_dir, fsync_dir
 from olmo_cli.convert.hf import hf_config_dict, to_hf_state_dict
 from olmo_cli.errors import UsageError
 
@@ -144,10 +144,7 @@ def _hf_config(checkpoint: CheckpointWeights, dtype: str) -> dict[str, Any]:
 
 
 def _prepare_output(output: Path, overwrite: bool) -> Path:
-    if output.exists() and not output.is_dir():
-        raise UsageError(f"--output {output} is a file")
-    if output.is_dir() and any(output.iterdir()) and not overwrite:
-        raise UsageError(f"--output {output} already exists and is not empty", hint="pass --overwrite")
+    check_output_dir(output, overwrite)
     tmp = output.with_name(output.name + ".tmp")
     if tmp.exists():  # left by a conversion that died; never a complete directory
         shutil.rmtree(tmp)

@@ -234,7 +234,7 @@ def build_dataset(data: DataConfig, seq_len: int, data_items: Sequence[str] | No
         return dataset_from_token_files(files, seq_len, data.memmap_dtype, labels)
     raise UsageError(
         "the config names no training data",
-        hint="set data.paths (--set data.paths=\\[a.npy,b.npy]) or pass --data DIR|FILE|GLOB",
+        hint="set data.paths (--set data.paths=[a.npy,b.npy]) or pass --data DIR|FILE|GLOB",
     )
 
 

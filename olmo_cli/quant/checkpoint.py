@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from olmo_cli.atomic import fsync_dir
+from olmo_cli.atomic import check_output_dir, fsync_dir
 from olmo_cli.checkpoint._files import fsync_file
-from olmo_cli.errors import CheckpointError, UsageError
+from olmo_cli.errors import CheckpointError
 from olmo_cli.quant.settings import METADATA_KEY, SETTINGS_FILE, WEIGHTS_FILE, QuantLayout
 
 __all__ = ["QuantizedFiles", "is_quantized", "read_quantized_files", "refuse_quantized", "write_quantized"]
@@ -59,10 +59,7 @@ def write_quantized(
     from safetensors.torch import save_file
 
     output = Path(output)
-    if output.exists() and not output.is_dir():
-        raise UsageError(f"--output {output} is a file")
-    if output.is_dir() and any(output.iterdir()) and not overwrite:
-        raise UsageError(f"--output {output} already exists and is not empty", hint="pass --overwrite")
+    check_output_dir(output, overwrite)
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(f".{output.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     tmp.mkdir()

@@ -309,3 +309,15 @@ def test_no_arguments_prints_help_and_succeeds():
     proc = run_olmo()
     assert proc.returncode == 0
     assert "presets" in proc.stdout and "Usage" in proc.stdout
+
+
+def test_brackets_in_messages_are_shown_as_written(capsys):
+    """Messages and hints are plain text: `[a.npy,b.npy]` or a JSON shape must not be eaten as markup."""
+    from olmo_cli import ui
+
+    ui.print_error("bad value [x] in [bold]", hint="--set data.paths=[a.npy,b.npy]")
+    ui.warn("skipped [mmlu]")
+    err = capsys.readouterr().err
+    assert "error: bad value [x] in [bold]" in err
+    assert "hint: --set data.paths=[a.npy,b.npy]" in err
+    assert "warning: skipped [mmlu]" in err
