@@ -5,15 +5,13 @@ losses of the run that never stopped."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.train._helpers import olmo_process
+
 TINY = {
     "model.d_model": 32,
     "model.n_heads": 4,
@@ -30,20 +28,6 @@ TINY = {
     "scheduler.t_warmup": 2,
     "optimizer.learning_rate": 0.01,
 }
-
-
-def olmo(*args: str, cwd: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env["PYTHONPATH"] = str(REPO)
-    result = subprocess.run(
-        [sys.executable, "-m", "olmo_cli", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
 def losses(run_dir: Path) -> dict[int, float]:
@@ -64,8 +48,10 @@ def test_two_process_training_equals_one_process_and_resumes_in_one(tmp_path):
     sets = [arg for key, value in TINY.items() for arg in ("--set", f"{key}={value}")]
     common = ["--preset", "tiny", "--data", str(data), "--no-wandb", "--device", "cpu", *sets]
 
-    olmo("train", *common, "--save-folder", str(tmp_path / "two"), "--nproc-per-node", "2", cwd=tmp_path)
-    olmo("train", *common, "--save-folder", str(tmp_path / "one"), cwd=tmp_path)
+    olmo_process(
+        "train", *common, "--save-folder", str(tmp_path / "two"), "--nproc-per-node", "2", cwd=tmp_path
+    )
+    olmo_process("train", *common, "--save-folder", str(tmp_path / "one"), cwd=tmp_path)
 
     one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
     assert sorted(one) == sorted(two) == [1, 2, 3, 4, 5, 6]
@@ -78,7 +64,7 @@ def test_two_process_training_equals_one_process_and_resumes_in_one(tmp_path):
         "rank1.pt",
     ]
 
-    olmo(
+    olmo_process(
         "resume",
         str(tmp_path / "resumed"),
         "--load-path",

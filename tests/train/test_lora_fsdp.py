@@ -5,9 +5,6 @@ and leaves the base bit-identical."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,22 +13,7 @@ import torch
 from olmo_cli.checkpoint.unsharded import read_unsharded
 from olmo_cli.model.lora import ADAPTER_FILE, is_adapter_name, read_adapter
 from tests.train._finetune_data import base_checkpoint, chat_data
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def olmo(*args: str, cwd: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env["PYTHONPATH"] = str(REPO)
-    result = subprocess.run(
-        [sys.executable, "-m", "olmo_cli", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+from tests.train._helpers import olmo_process
 
 
 def losses(run_dir: Path) -> dict[int, float]:
@@ -54,8 +36,8 @@ def test_lora_under_fsdp_matches_one_process_and_keeps_the_base(tmp_path):
     args = ["finetune", "-k", str(base), "--data", str(data), "--lora-rank", "4", "--lora-dropout", "0"]
     args += ["--no-wandb", "--device", "cpu", "--json"]
     args += [a for key, value in sets.items() for a in ("--set", f"{key}={value}")]
-    olmo(*args, "--save-folder", str(tmp_path / "two"), "--nproc-per-node", "2", cwd=tmp_path)
-    olmo(*args, "--save-folder", str(tmp_path / "one"), cwd=tmp_path)
+    olmo_process(*args, "--save-folder", str(tmp_path / "two"), "--nproc-per-node", "2", cwd=tmp_path)
+    olmo_process(*args, "--save-folder", str(tmp_path / "one"), cwd=tmp_path)
 
     one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
     assert sorted(one) == sorted(two) == [1, 2, 3, 4]
