@@ -18,9 +18,10 @@ import torch
 from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 
+from olmo_cli.checkpoint.names import checked_child
 from olmo_cli.errors import CheckpointError
 
-__all__ = ["SafeLoadPlanner", "SafeReader", "restricted_metadata_loads"]
+__all__ = ["SafeLoadPlanner", "SafeReader", "check_storage_files", "restricted_metadata_loads"]
 
 _DCP = "torch.distributed.checkpoint"
 _ALLOWED_CLASSES = {
@@ -71,6 +72,39 @@ def restricted_metadata_loads(data: bytes, *, source: str) -> Any:
     return metadata
 
 
+def _int_at_least_zero(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def check_storage_files(metadata: Any, directory: pathlib.Path, *, source: str) -> None:
+    """Every storage entry names a file directly inside `directory` (no `..`, separators, absolute
+    paths or symlinks leading out) and a byte range that lies within that file."""
+    storage = getattr(metadata, "storage_data", None)
+    if storage is None:
+        return
+    if not isinstance(storage, dict):
+        raise CheckpointError(f"{source}: storage_data is a {type(storage).__name__}, not a mapping")
+    sizes: dict[str, int] = {}
+    for index, info in storage.items():
+        where = f"the storage entry of {getattr(index, 'fqn', '?')!r}"
+        name = getattr(info, "relative_path", None)
+        if name not in sizes:
+            file = checked_child(directory, name, field=f"{where} (relative_path)", source=source)
+            try:
+                sizes[name] = file.stat().st_size
+            except OSError:
+                raise CheckpointError(
+                    f"{source}: {where} names {name!r}, which is not in {directory}",
+                    hint="the checkpoint is incomplete: download or copy it again",
+                ) from None
+        offset, length = getattr(info, "offset", None), getattr(info, "length", None)
+        if not (_int_at_least_zero(offset) and _int_at_least_zero(length)) or offset + length > sizes[name]:
+            raise CheckpointError(
+                f"{source}: {where} asks for bytes {offset!r}+{length!r} of {name} ({sizes[name]:,} bytes)",
+                hint="the checkpoint is truncated or damaged: download or copy it again",
+            )
+
+
 class SafeReader(FileSystemReader):
     """A `FileSystemReader` whose metadata is unpickled through `restricted_metadata_loads`."""
 
@@ -83,6 +117,7 @@ class SafeReader(FileSystemReader):
         except OSError as e:
             raise CheckpointError(f"cannot read checkpoint metadata {path}: {e.strerror}") from None
         metadata = restricted_metadata_loads(data, source=str(path))
+        check_storage_files(metadata, pathlib.Path(self.path), source=str(path))
         if getattr(metadata, "storage_meta", None) is None:
             metadata.storage_meta = StorageMeta()
         metadata.storage_meta.load_id = self.load_id

@@ -190,6 +190,52 @@ def load_torch_weights(path: Path, *, what: str) -> Any:
         raise _load_error(path, what, e, _unsafe_globals(path, [])) from None
 
 
+_ARRAY_KINDS = "biuf"  # bool, signed and unsigned integers, floats
+
+
+def _forged_dtype(dtype: Any) -> bool:
+    import numpy as np
+
+    if dtype.kind not in _ARRAY_KINDS or dtype.fields is not None or dtype.subdtype is not None:
+        return True
+    if dtype.hasobject or dtype.names is not None:
+        return True
+    canonical = np.dtype(dtype.str)  # the same type made afresh: a pickled state cannot alter it
+    return (dtype.itemsize, dtype.alignment, dtype.flags) != (
+        canonical.itemsize,
+        canonical.alignment,
+        canonical.flags,
+    )
+
+
+def check_arrays(value: Any, *, path: Path, what: str) -> None:
+    """Every NumPy array or dtype in `value` is a plain numeric one. A dtype is rebuilt from pickled state,
+    which can claim fields, objects or sizes the data does not have: touching such an array's data
+    reads memory it does not own, so it is refused before anything looks at the data."""
+    import numpy as np
+
+    stack, seen = [value], 0
+    while stack:
+        item = stack.pop()
+        seen += 1
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            stack.extend(item)
+        elif isinstance(item, (np.ndarray, np.dtype, np.generic)):
+            dtype = item if isinstance(item, np.dtype) else item.dtype
+            if _forged_dtype(dtype) or (
+                isinstance(item, np.ndarray) and item.nbytes != item.size * np.dtype(dtype.str).itemsize
+            ):
+                raise CheckpointError(
+                    f"{what} ({path}) holds a NumPy array whose type is not a plain number type "
+                    f"({dtype.kind!r} kind, {'with' if dtype.fields is not None else 'no'} fields); refused",
+                    hint="a trainer state holds only numeric arrays (the NumPy RNG state); this file is "
+                    "damaged or crafted",
+                )
+
+
 class _Skipped:
     """Stands in for an object whose class or function is not allowed; it runs nothing."""
 
@@ -251,11 +297,14 @@ def load_trainer_pickle(path: Path, *, what: str) -> tuple[Any, list[str]]:
     """
     allowed = train_state_globals()
     try:
-        return _torch_load(path, allowed), []
-    except Exception as first_error:
+        loaded = _torch_load(path, allowed)
+    except Exception as e:
         unsafe = _unsafe_globals(path, allowed)
         if not unsafe:
-            raise _load_error(path, what, first_error, []) from None
+            raise _load_error(path, what, e, []) from None
+    else:
+        check_arrays(loaded, path=path, what=what)
+        return loaded, []
     # Second pass: each offending name now resolves to its own inert placeholder class, so the rest of
     # the file can be read. Blocklisted modules (os, sys, ...) are refused by torch before this mapping.
     stand_ins = [(_placeholder(name), name) for name in unsafe]
@@ -265,5 +314,6 @@ def load_trainer_pickle(path: Path, *, what: str) -> tuple[Any, list[str]]:
         raise _load_error(path, what, e, unsafe) from None
     if isinstance(loaded, _Skipped):
         raise _load_error(path, what, pickle.UnpicklingError(), unsafe)
+    check_arrays(loaded, path=path, what=what)
     warnings: list[str] = []
     return _drop_skipped(loaded, "", lambda message: warnings.append(f"{what}: {message}")), warnings

@@ -13,7 +13,12 @@ from typing import Any
 
 from olmo_cli.errors import CheckpointError
 
-__all__ = ["batch_geometry", "normalize_trainer_state"]
+__all__ = ["MAX_COUNTER", "batch_geometry", "check_rng_state", "normalize_trainer_state"]
+
+# Counters beyond this are not from a real run (2**53 tokens is ~1000x the largest published run) and
+# would overflow int64 arithmetic further on.
+MAX_COUNTER = 2**53
+_MT_WORDS = 624  # Mersenne Twister state words, for Python's and NumPy's generators
 
 
 def _int(value: Any) -> int | None:
@@ -61,6 +66,7 @@ def normalize_trainer_state(
         raise CheckpointError(
             f"{source} has no integer 'global_step' (found {state.get('global_step')!r:.60})"
         )
+    _check_fields(state, source)
     # Upstream reads `state.get("global_data_step", global_step)`: a present data step wins even at 0.
     data_step = _int(state.get("global_data_step"))
     data_step = step if data_step is None else data_step
@@ -81,3 +87,117 @@ def normalize_trainer_state(
         )
     state["global_train_tokens_seen"] = tokens
     return state
+
+
+def _bad(source: str, field: str, value: Any, expected: str) -> CheckpointError:
+    # Only scalars are shown: the repr of a forged array could read memory it does not own.
+    shown = repr(value) if isinstance(value, (int, float, str, type(None))) else "a value"
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    return CheckpointError(
+        f"{source}: the trainer state's {field!r} is {shown} ({type(value).__name__}); expected {expected}",
+        hint="the checkpoint is damaged or was not written by a trainer; restore it with a fresh trainer "
+        "state (--set reset_trainer_state=true) or use another checkpoint",
+    )
+
+
+def _check_counter(state: Mapping[str, Any], field: str, source: str, *, low: int = 0) -> None:
+    if field not in state or (state[field] is None and field in _NULLABLE):
+        return
+    value = state[field]
+    if _int(value) is None or not low <= value <= MAX_COUNTER:
+        raise _bad(source, field, value, f"an integer from {low} to {MAX_COUNTER:,}")
+
+
+_COUNTERS = (
+    "global_step",
+    "global_data_step",
+    "epoch",
+    "global_train_examples_seen_this_epoch",
+    "global_train_examples_seen",
+    "global_train_tokens_seen",
+    "data_order_epoch",
+)
+_NULLABLE = {"epoch", "data_order_epoch"}
+
+
+def _check_fields(state: Mapping[str, Any], source: str) -> None:
+    """Type and range of every field the trainer acts on; the RNG states' exact shapes."""
+    for field in _COUNTERS:
+        _check_counter(state, field, source)
+    if "world_size" in state:
+        _check_counter(state, "world_size", source, low=1)
+    order = state.get("data_order_file")
+    if order is not None and not (isinstance(order, str) and 0 < len(order) <= 4096):
+        raise _bad(source, "data_order_file", order, "a file name")
+    for field in ("callbacks", "rng"):
+        if state.get(field) is not None and not isinstance(state[field], Mapping):
+            raise _bad(source, field, state[field], "a mapping")
+    if isinstance(state.get("rng"), Mapping):
+        check_rng_state(state["rng"], source)
+
+
+def check_rng_state(rng: Mapping[str, Any], source: str) -> None:
+    """Raises CheckpointError unless each present generator state is exactly what `random.getstate`,
+    `np.random.get_state` and `torch.get_rng_state` produce, so restoring it cannot fail halfway."""
+    if "python" in rng:
+        _check_python_rng(rng["python"], source)
+    if "numpy" in rng:
+        _check_numpy_rng(rng["numpy"], source)
+    for device in ("torch", "cuda"):
+        if device in rng:
+            _check_torch_rng(rng[device], f"rng.{device}", source, exact=device == "torch")
+
+
+def _check_python_rng(value: Any, source: str) -> None:
+    expected = f"(3, a tuple of {_MT_WORDS + 1} 32-bit integers, a float or None) as random.getstate() gives"
+    if not (isinstance(value, (tuple, list)) and len(value) == 3):
+        raise _bad(source, "rng.python", value, expected)
+    version, internal, gauss = value
+    ok = (
+        version == 3
+        and _int(version) is not None
+        and isinstance(internal, (tuple, list))
+        and len(internal) == _MT_WORDS + 1
+        and all(_int(w) is not None and 0 <= w < 2**32 for w in internal)
+        and internal[-1] <= _MT_WORDS
+        and (gauss is None or isinstance(gauss, float))
+    )
+    if not ok:
+        raise _bad(source, "rng.python", value, expected)
+
+
+def _check_numpy_rng(value: Any, source: str) -> None:
+    import numpy as np
+
+    expected = f"('MT19937', {_MT_WORDS} uint32 words, position, has_gauss, cached_gaussian)"
+    if not (isinstance(value, (tuple, list)) and len(value) == 5):
+        raise _bad(source, "rng.numpy", value, expected)
+    name, words, pos, has_gauss, cached = value
+    ok = (
+        name == "MT19937"
+        and isinstance(words, np.ndarray)
+        and words.dtype == np.dtype(np.uint32)
+        and words.shape == (_MT_WORDS,)
+        and _int(pos) is not None
+        and 0 <= pos <= _MT_WORDS
+        and has_gauss in (0, 1)
+        and isinstance(cached, (float, int))
+        and not isinstance(cached, bool)
+    )
+    if not ok:
+        raise _bad(source, "rng.numpy", value, expected)
+
+
+def _check_torch_rng(value: Any, field: str, source: str, *, exact: bool) -> None:
+    import torch
+
+    size = torch.get_rng_state().numel() if exact else None
+    expected = f"a 1-D uint8 tensor of {size} bytes" if exact else "a 1-D uint8 tensor"
+    ok = (
+        isinstance(value, torch.Tensor)
+        and value.dtype == torch.uint8
+        and value.dim() == 1
+        and (value.numel() == size if exact else 0 < value.numel() <= 2**20)
+    )
+    if not ok:
+        raise _bad(source, field, value, expected)

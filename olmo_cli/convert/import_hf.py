@@ -165,22 +165,43 @@ def _weight_files(path: Path) -> list[Path]:
             return [path / single]
         index = path / index_name
         if index.is_file():
-            try:
-                weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-            except (ValueError, KeyError, TypeError) as e:
-                raise CheckpointError(f"{index} is not a weight index: {e}") from None
-            files = [path / name for name in dict.fromkeys(weight_map.values())]
-            missing = [f.name for f in files if not f.is_file()]
-            if missing:
-                raise CheckpointError(
-                    f"{path} lacks weight files named in {index_name}: {', '.join(missing[:3])}",
-                    hint="download the whole model directory",
-                )
-            return files
+            return _indexed_files(path, index, index_name)
     raise CheckpointError(
         f"{path} has no weights (model.safetensors, {SAFETENSORS_INDEX} or pytorch_model.bin)",
         hint="give a Hugging Face model directory as written by save_pretrained",
     )
+
+
+_MAX_INDEX_BYTES = 64 * 2**20  # a 400B-parameter model's index is a few MB
+
+
+def _indexed_files(path: Path, index: Path, index_name: str) -> list[Path]:
+    """The weight files an index names: plain names of files in `path` (a Hugging Face cache snapshot's
+    files may be symlinks into the cache's `blobs/`, which is admitted)."""
+    from olmo_cli.checkpoint.names import checked_child
+
+    try:
+        if index.stat().st_size > _MAX_INDEX_BYTES:
+            raise CheckpointError(
+                f"{index} is larger than {_MAX_INDEX_BYTES // 2**20} MiB: not a weight index"
+            )
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        if not isinstance(weight_map, dict):
+            raise TypeError(f"weight_map is a {type(weight_map).__name__}, not a mapping")
+    except (ValueError, KeyError, TypeError, RecursionError) as e:
+        raise CheckpointError(f"{index} is not a weight index: {type(e).__name__}: {str(e)[:200]}") from None
+    blobs = path.parent.parent / "blobs" if path.parent.name == "snapshots" else None
+    files = [
+        checked_child(path, name, field="weight_map", source=index, extra_root=blobs)
+        for name in dict.fromkeys(weight_map.values())
+    ]
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise CheckpointError(
+            f"{path} lacks weight files named in {index_name}: {', '.join(missing[:3])}",
+            hint="download the whole model directory",
+        )
+    return files
 
 
 def _load_weights(files: list[Path]) -> dict[str, torch.Tensor]:

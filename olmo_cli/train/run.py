@@ -25,13 +25,13 @@ from olmo_cli.data.dataset import MemmapDataset, build_dataset
 from olmo_cli.errors import ConfigError
 from olmo_cli.train import duration
 from olmo_cli.train.callbacks.base import Callback, CallbackList
-from olmo_cli.train.callbacks.checkpointer import Checkpointer
+from olmo_cli.train.callbacks.checkpointer import Checkpointer, checked_lists
 from olmo_cli.train.callbacks.evaluator import EvalSet, Evaluator
 from olmo_cli.train.callbacks.feed import EventFeed
 from olmo_cli.train.callbacks.metrics_file import METRICS_FILE, MetricsFile
 from olmo_cli.train.distributed import World, close_world, init_world
 from olmo_cli.train.events import Event, EventSink, Message, RunFinished, RunStarted
-from olmo_cli.train.loader import BatchLoader
+from olmo_cli.train.loader import RUN_ORDER_FILE, BatchLoader
 from olmo_cli.train.loop import Schedule, StopReason, Trainer, autocast_dtype
 from olmo_cli.train.plan import batch_split
 from olmo_cli.train.prepare import check_data, claim_run_dir, config_yaml, on_main, resolve_data
@@ -123,7 +123,7 @@ def _run(cfg: TrainConfig, events: EventSink, options: RunOptions, world: World)
             events(Message(warning, level="warning"))
     state = restored.state
     # 3. loader -> schedule
-    loader = _loader(cfg, prep.dataset, world, options, state)
+    loader = _loader(cfg, prep.dataset, world, options, state, restored.path)
     schedule = _schedule(cfg, state, loader, optimizer_reset=restored.optimizer_reset)
     _warn_if_nothing_to_do(state, schedule, events)
     if restored.path is not None:
@@ -135,7 +135,7 @@ def _run(cfg: TrainConfig, events: EventSink, options: RunOptions, world: World)
     forward, backward = flops_per_token(cfg.model)
     callbacks = _callbacks(cfg, options, prep.run_dir, prep.config_yaml, events, prep.continuing)
     if prep.continuing:
-        callbacks.load_state_dict(restored.callbacks)
+        callbacks.load_state_dict(_own_callback_state(restored, prep.run_dir))
     trainer = Trainer(
         cfg=cfg,
         world=world,
@@ -173,22 +173,70 @@ def _prepare(cfg: TrainConfig, events: EventSink, options: RunOptions, world: Wo
     return _Prepared(cfg, data_note, run_dir, text, load_from, continuing, dataset, scanned)
 
 
+def _own_callback_state(restored: Restored, run_dir: Path) -> dict:
+    """The callbacks' states to continue with. The checkpointer's lists decide what retention deletes, so
+    they count only from a checkpoint directly inside this run directory, once each name is checked; a
+    checkpoint from elsewhere (`resume --load-path`) starts them empty."""
+    states = dict(restored.callbacks)
+    lists = states.pop(Checkpointer.name, None)
+    path = restored.path
+    if lists is not None and path is not None and path.resolve().parent == run_dir.resolve():
+        states[Checkpointer.name] = checked_lists(lists, f"the trainer state of {path}")
+    return states
+
+
 def _loader(
-    cfg: TrainConfig, dataset: MemmapDataset, world: World, options: RunOptions, state: TrainerState
+    cfg: TrainConfig,
+    dataset: MemmapDataset,
+    world: World,
+    options: RunOptions,
+    state: TrainerState,
+    checkpoint: Path | None,
 ) -> BatchLoader:
     # An order file given now applies to the epoch training starts in; one recorded in the checkpoint
-    # keeps applying to its epoch.
+    # keeps applying to its epoch. Either way the run directory keeps a copy (`write_order`), and the
+    # trainer state names only that copy, so a checkpoint never points training at a file elsewhere.
+    order_file = None
     if options.data_order_file is not None:
-        state.data_order_file = str(Path(options.data_order_file).expanduser().resolve())
+        order_file = str(Path(options.data_order_file).expanduser().resolve())
         state.data_order_epoch = state.epoch
+    elif state.data_order_file is not None:
+        order_file = str(_recorded_order_file(state.data_order_file, checkpoint))
+    if order_file is not None:
+        state.data_order_file = RUN_ORDER_FILE.as_posix()
     return BatchLoader(
         dataset,
         cfg,
         rank=world.rank,
         world_size=world.world_size,
         vocab_size=cfg.model.vocab_size,
-        order_file=state.data_order_file,
+        order_file=order_file,
         order_epoch=state.data_order_epoch,
+    )
+
+
+def _recorded_order_file(recorded: str, checkpoint: Path | None) -> Path:
+    """The order file a checkpoint's trainer state names: only the copy in the run directory that holds
+    the checkpoint (an absolute path to that same file, from older checkpoints, is accepted too)."""
+    from olmo_cli.errors import CheckpointError
+
+    if checkpoint is not None:
+        copy = checkpoint.parent / RUN_ORDER_FILE
+        given = Path(recorded)
+        candidate = given if given.is_absolute() else checkpoint.parent / given
+        if given.as_posix() == RUN_ORDER_FILE.as_posix() or (
+            copy.is_file() and candidate.is_file() and candidate.resolve() == copy.resolve()
+        ):
+            if not copy.is_file():
+                raise CheckpointError(
+                    f"the trainer state of {checkpoint} trains on the data order in {copy}, which is missing",
+                    hint="give the order file again with --data-order-file",
+                )
+            return copy
+    raise CheckpointError(
+        f"the trainer state of {checkpoint} names the data order file {recorded[:200]!r}, which is not "
+        f"its run's copy ({RUN_ORDER_FILE}); refused",
+        hint="a checkpoint may not point at files elsewhere; give the order file with --data-order-file",
     )
 
 

@@ -25,7 +25,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from olmo_cli.checkpoint.layout import UNSHARDED_SUFFIX, checkpoint_dir_name
+from olmo_cli.checkpoint.layout import UNSHARDED_SUFFIX, checkpoint_dir_name, parse_step
+from olmo_cli.errors import CheckpointError
 from olmo_cli.train.callbacks.base import Callback
 from olmo_cli.train.distributed import barrier, broadcast_object
 from olmo_cli.train.events import CheckpointSaved, EventSink
@@ -33,7 +34,7 @@ from olmo_cli.train.events import CheckpointSaved, EventSink
 if TYPE_CHECKING:
     from olmo_cli.train.loop import StopReason, Trainer
 
-__all__ = ["Checkpointer", "LATEST", "LATEST_UNSHARDED"]
+__all__ = ["Checkpointer", "LATEST", "LATEST_UNSHARDED", "checked_lists"]
 
 Kind = Literal["regular", "unsharded", "ephemeral"]
 LATEST = "latest"
@@ -65,7 +66,7 @@ class Checkpointer(Callback):
         if trainer.world.is_main:
             remove_leftovers(self.run_dir)
         for kind, names in self.saved.items():  # a restored list may name checkpoints deleted since
-            self.saved[kind] = [n for n in names if (self.run_dir / n).is_dir()]
+            self.saved[kind] = [n for n in names if is_checkpoint_of(self.run_dir, n)]
 
     def on_step(self, trainer: Trainer, metrics: dict[str, float]) -> None:
         cfg, step = trainer.cfg, trainer.state.global_step
@@ -103,10 +104,11 @@ class Checkpointer(Callback):
         return {key: list(self.saved[kind]) for kind, key in _LIST_KEYS.items()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Takes lists that `checked_lists` admitted; anything else in them is dropped, never used."""
         for kind, key in _LIST_KEYS.items():
             names = state.get(key)
             if isinstance(names, list):
-                self.saved[kind] = [str(n) for n in names]
+                self.saved[kind] = [n for n in names if isinstance(n, str) and parse_step(n) is not None]
 
     def train_pt_entries(self, trainer: Trainer) -> dict[str, Any]:
         # Upstream lists the checkpoint directories as paths.
@@ -211,9 +213,9 @@ class Checkpointer(Callback):
     def _delete(self, name: str) -> None:
         if any(name in saved for saved in self.saved.values()):
             return  # still listed as another kind (one process: a regular checkpoint is unsharded too)
+        if not is_checkpoint_of(self.run_dir, name):
+            return  # retention deletes only this run directory's own checkpoint directories
         path = self.run_dir / name
-        if not path.exists():
-            return
         # Renamed first, so a kill while deleting leaves a hidden leftover, not a partial checkpoint.
         doomed = self.run_dir / f".{name}.deleting-{secrets.token_hex(4)}"
         os.replace(path, doomed)
@@ -222,6 +224,46 @@ class Checkpointer(Callback):
             target = self.run_dir / link
             if target.is_symlink() and os.readlink(target) == name:
                 target.unlink()
+
+
+def checked_lists(state: Any, source: str) -> dict[str, list[str]]:
+    """The checkpointer's lists from a trainer state, each entry checked to be the name of a checkpoint
+    directly inside the run directory (`step40`, `step40-unsharded`). Raises CheckpointError naming the
+    field otherwise: a name such as `../other-run` would make retention delete outside the run."""
+    if not isinstance(state, dict):
+        return {}
+    out: dict[str, list[str]] = {}
+    for key in _LIST_KEYS.values():
+        names = state.get(key)
+        if names is None:
+            continue
+        if not isinstance(names, list):
+            raise CheckpointError(
+                f"{source}: callbacks.checkpointer.{key} is a {type(names).__name__}, not a list",
+                hint="the trainer state is damaged; resume from another checkpoint",
+            )
+        for name in names:
+            if not isinstance(name, str) or parse_step(name) is None:
+                shown = repr(name)[:80]
+                raise CheckpointError(
+                    f"{source}: callbacks.checkpointer.{key} names {shown}, which is not a checkpoint "
+                    "directory name (stepN or stepN-unsharded); refused",
+                    hint="a checkpoint may only list checkpoints directly inside its own run directory; this "
+                    "one is damaged or was crafted to reach directories elsewhere",
+                )
+        out[key] = list(names)
+    return out
+
+
+def is_checkpoint_of(run_dir: Path, name: str) -> bool:
+    """Whether `run_dir/name` is one of the run's checkpoints: a checkpoint name, a real directory (not
+    a symlink) directly inside `run_dir`, holding what a checkpoint holds."""
+    if parse_step(name) is None:
+        return False
+    path = run_dir / name
+    if path.is_symlink() or not path.is_dir():
+        return False
+    return any((path / part).exists() for part in ("config.yaml", "train.pt", "model_and_optim", "train"))
 
 
 def point_link(link: Path, target_name: str) -> None:
