@@ -19,7 +19,7 @@ from olmo_cli.config.overrides import apply_overrides
 from olmo_cli.config.presets import preset_path
 from olmo_cli.config.schema import IgnoredSetting, TrainConfig, not_acted_on
 from olmo_cli.config.yamlio import read_yaml
-from olmo_cli.errors import ConfigError, UsageError
+from olmo_cli.errors import ConfigError, OlmoError, UsageError
 
 PRESET_KEY = "preset"  # a preset file's own description block; not part of TrainConfig
 
@@ -40,8 +40,14 @@ class LoadedConfig:
 
 
 def load_config(
-    preset: str | None = None, config_file: Path | None = None, overrides: Sequence[str] = ()
+    preset: str | None = None,
+    config_file: Path | None = None,
+    overrides: Sequence[str] = (),
+    *,
+    file_error: type[OlmoError] = ConfigError,
 ) -> LoadedConfig:
+    """`file_error` is what a file that cannot be read, parsed or interpolated raises: CheckpointError
+    when the file is a run's or checkpoint's saved config.yaml (`olmo resume`)."""
     if (preset is None) == (config_file is None):
         raise UsageError(
             "give exactly one of --preset NAME and --config FILE",
@@ -49,14 +55,14 @@ def load_config(
         )
     path = preset_path(preset) if preset is not None else Path(config_file)  # type: ignore[arg-type]
     source = f"preset '{preset}'" if preset is not None else str(path)
-    data = read_yaml(path)
+    data = read_yaml(path, error=file_error)
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{source} must be a YAML mapping of config keys, not {type(data).__name__}")
+        raise file_error(f"{source} must be a YAML mapping of config keys, not {type(data).__name__}")
     info = _preset_info(data.pop(PRESET_KEY, None), source)
     data, touched = apply_overrides(data, list(overrides))
-    data = resolve_interpolations(data, source=source)
+    data = resolve_interpolations(data, source=source, error=file_error)
     cfg = validate(data, source=source, overridden=touched)
     return LoadedConfig(cfg, source, info, not_acted_on(cfg))
 

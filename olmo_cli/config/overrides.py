@@ -1,8 +1,9 @@
 """Dotted overrides: `--set model.n_layers=4 --set data.paths=[a.npy,b.npy] --set wandb=null`.
 
 Values are read as YAML (numbers, booleans, null, `[a, b]` lists, `{k: v}` maps), like upstream's
-OmegaConf dotlists. Keys are normalised as upstream does (`--data.num-workers` = `data.num_workers`);
-a key with no `=` means `true`.
+OmegaConf dotlists, and with the same limits as a config file (no aliases, bounded nesting). Keys are
+normalised as upstream does (`--data.num-workers` = `data.num_workers`). A key with no `=` is refused:
+upstream reads it as `true`, which an integer field would then take as 1.
 """
 
 from __future__ import annotations
@@ -13,16 +14,32 @@ from typing import Any
 from olmo_cli.config.yamlio import parse_yaml
 from olmo_cli.errors import ConfigError
 
+MAX_KEY_PARTS = 64  # as deep as a config file may nest
+
+
+def _shown(text: str) -> str:
+    return text if len(text) <= 80 else text[:77] + "..."
+
 
 def parse_override(text: str) -> tuple[list[str], Any]:
     key, eq, raw = text.partition("=")
     key = key.strip().strip("-").replace("-", "_")
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(
-            f"override '{text}' has no valid key",
+            f"override '{_shown(text)}' has no valid key",
             hint="write overrides as --set section.field=value, e.g. --set model.n_layers=4",
         )
-    value: Any = True if not eq else parse_yaml(raw, source=f"--set {text}") if raw.strip() else ""
+    if len(key.split(".")) > MAX_KEY_PARTS:
+        raise ConfigError(
+            f"override '{_shown(text)}' names a key more than {MAX_KEY_PARTS} levels deep",
+            hint="`olmo presets show tiny` prints every valid key",
+        )
+    if not eq:
+        raise ConfigError(
+            f"override '{_shown(text)}' has no value",
+            hint=f"write --set {_shown(key)}=VALUE (for a switch: --set {_shown(key)}=true)",
+        )
+    value: Any = parse_yaml(raw, source=f"--set {_shown(text)}") if raw.strip() else ""
     return key.split("."), value
 
 

@@ -38,7 +38,7 @@ def test_invalid_yaml_names_the_line():
 
 def test_override_keys_are_normalised_like_upstream():
     assert parse_override("--data.num-workers=4") == (["data", "num_workers"], 4)
-    assert parse_override("save_overwrite") == (["save_overwrite"], True)
+    assert parse_override("save_overwrite=true") == (["save_overwrite"], True)
     assert parse_override("max_duration=2e12T") == (["max_duration"], "2e12T")
     assert parse_override("run_name=") == (["run_name"], "")
 
