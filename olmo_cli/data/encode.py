@@ -5,7 +5,8 @@ Rules (also stated in `olmo data tokenize --help`):
   likewise replaced); the document is kept and counted as `invalid_utf8`;
 - an empty document (no text, or only whitespace; or a blank line) is skipped and counted;
 - a line that is not a JSON object, or lacks the text field (or, with chat, a valid `messages` list),
-  is bad: the run stops naming `file:line`, or with `skip_bad` it is skipped and counted;
+  is nested too deeply to parse, or is longer than the record limit (`inputs.MAX_RECORD_BYTES`), is
+  bad: the run stops naming `file:line`, or with `skip_bad` it is skipped and counted;
 - each document is the tokenizer's encoding of its text with no special tokens added, then EOS unless
   its last id already is EOS (upstream's rule), with BOS first if asked for.
 """
@@ -23,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from olmo_cli.data.chat import ChatFormatError, parse_messages, render_conversation
-from olmo_cli.data.inputs import Chunk
+from olmo_cli.data.inputs import Chunk, too_long_message
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -84,6 +85,8 @@ class Encoder:
             if fixed:
                 result.invalid_utf8_lines.append(number)
             try:
+                if number in chunk.too_long:
+                    raise ValueError(too_long_message(chunk.too_long[number]))
                 content, doc_id = self._parse(text, s.kind[chunk.input_index])
                 content, surrogates = _clean(content)
             except ValueError as exc:
@@ -120,6 +123,8 @@ class Encoder:
             obj = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ValueError(f"invalid JSON: {exc}") from None
+        except RecursionError:  # e.g. 100,000 `[`: the parser recurses once per level
+            raise ValueError("invalid JSON: nested too deeply to parse") from None
         if not isinstance(obj, dict):
             raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
         doc_id = obj.get("id")

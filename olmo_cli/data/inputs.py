@@ -4,19 +4,23 @@ A record is one document's raw bytes: a line of a JSON Lines file, a line of a `
 `txt_per_line`, or a whole `.txt` file. Chunks group consecutive records of one file (about a MiB) so
 worker processes get work in big enough pieces; a chunk's position is (input index, first line), lines
 counted from 1, which is also how documents are named and how an interrupted run finds where to go on.
+
+A record longer than `MAX_RECORD_BYTES` is not read into memory: it is read past in pieces and reported
+as a bad record (`file:line`, or skipped and counted with --skip-bad), so one huge line (a file with no
+line breaks, a binary file named .jsonl) cannot exhaust memory. Damaged compressed inputs are a
+DataError naming the file (see `olmo_cli.data.compressed`).
 """
 
 from __future__ import annotations
 
 import glob
-import gzip
 import hashlib
-import io
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from olmo_cli.data.compressed import decode_errors, open_decompressed
 from olmo_cli.data.tokenizer import REMOTE_SCHEMES, fetch
 from olmo_cli.errors import DataError, UsageError
 
@@ -24,6 +28,21 @@ JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
 TEXT_SUFFIXES = (".txt",)
 COMPRESSIONS = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd"}
 CHUNK_BYTES = 1 << 20
+# One document's bytes at most: the tokenizer needs tens of bytes of memory per token it returns, so a
+# 64 MiB document already takes a few GiB while it is encoded (and each worker may hold two chunks).
+MAX_RECORD_BYTES = 64 << 20
+_SKIP_PIECE = 1 << 20
+
+
+@dataclass(frozen=True)
+class TooLong:
+    """Stands for a record longer than MAX_RECORD_BYTES, which was read past, not kept."""
+
+    size: int
+
+
+def too_long_message(size: int) -> str:
+    return f"the record is {size:,} bytes, over the limit of {MAX_RECORD_BYTES:,} bytes for one document"
 
 
 @dataclass(frozen=True)
@@ -40,6 +59,7 @@ class Chunk:
     first_line: int
     records: list[bytes]
     end_offset: int  # how far into the stored (possibly compressed) file this chunk ends, for progress
+    too_long: dict[int, int] = field(default_factory=dict)  # line -> size, for records kept out (b"")
 
 
 def classify(name: str) -> tuple[str, str | None] | None:
@@ -108,30 +128,34 @@ def describe(file: InputFile) -> dict[str, object]:
     return {"path": file.name, "bytes": size, "sha256": digest.hexdigest()}
 
 
-def _open_decompressed(raw: BinaryIO, compression: str | None) -> BinaryIO:
-    if compression == "gzip":
-        return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
-    if compression == "zstd":
-        try:
-            import zstandard
-        except ImportError as exc:
-            raise UsageError(".zst inputs need the zstandard package", hint="pip install zstandard") from exc
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw))  # type: ignore[return-value]
-    return raw
-
-
-def iter_records(file: InputFile, txt_per_line: bool) -> Iterator[tuple[int, bytes, int]]:
-    """(line number, record bytes, offset in the stored file) for every record of one input."""
+def iter_records(file: InputFile, txt_per_line: bool) -> Iterator[tuple[int, bytes | TooLong, int]]:
+    """(line number, record bytes or TooLong, offset in the stored file) for every record of one input."""
+    errors = decode_errors()
     with open(file.local, "rb") as raw:
-        stream = _open_decompressed(raw, file.compression)
+        stream = open_decompressed(raw, file.compression, file.name)
         try:
             if file.kind == "txt" and not txt_per_line:
-                yield 1, stream.read(), raw.tell()
+                whole = stream.read(MAX_RECORD_BYTES + 1)
+                yield 1, (_too_long(stream, whole) if len(whole) > MAX_RECORD_BYTES else whole), raw.tell()
                 return
-            for number, line in enumerate(stream, start=1):
-                yield number, line, raw.tell()
-        except (OSError, EOFError) as exc:  # truncated or corrupt compressed data
-            raise DataError(f"{file.name}: cannot read: {exc}", hint="the file may be truncated") from exc
+            number = 0
+            while line := stream.readline(MAX_RECORD_BYTES + 1):
+                number += 1
+                long = len(line) > MAX_RECORD_BYTES and not line.endswith(b"\n")
+                yield number, (_too_long(stream, line) if long else line), raw.tell()
+        except errors as exc:  # truncated or corrupt compressed data, or a failing disk
+            hint = "the file may be damaged or truncated: fetch or compress it again"
+            raise DataError(f"{file.name}: cannot read: {exc}", hint=hint) from exc
+
+
+def _too_long(stream: BinaryIO, start: bytes) -> TooLong:
+    """Read past the rest of an over-long line (or file) in pieces; how long it was."""
+    size = len(start)
+    while piece := stream.readline(_SKIP_PIECE):
+        size += len(piece)
+        if piece.endswith(b"\n"):
+            break
+    return TooLong(size)
 
 
 def iter_chunks(
@@ -147,6 +171,7 @@ def iter_chunks(
     for index in range(start[0], len(files)):
         first_wanted = start[1] if index == start[0] else 1
         records: list[bytes] = []
+        too_long: dict[int, int] = {}
         size = first = 0
         offset = 0
         for number, record, offset in iter_records(files[index], txt_per_line):
@@ -154,10 +179,12 @@ def iter_chunks(
                 continue
             if not records:
                 first = number
+            if isinstance(record, TooLong):
+                too_long[number], record = record.size, b""
             records.append(record)
             size += len(record)
             if size >= chunk_bytes:
-                yield Chunk(index, first, records, offset)
-                records, size = [], 0
+                yield Chunk(index, first, records, offset, too_long)
+                records, size, too_long = [], 0, {}
         if records:
-            yield Chunk(index, first, records, offset)
+            yield Chunk(index, first, records, offset, too_long)

@@ -13,19 +13,24 @@ completion record (`.olmo-tokenize/part-00000.json`: counts, and where in the in
 starts) written atomically. A re-run keeps the parts that have records and starts from the position the
 last one names; files without a record are rewritten. The manifest comes last; then the hidden directory
 is removed. Gzip headers carry no time or name, so equal content gives equal bytes.
+
+Each file's sha256 is computed as it is written and recorded in the manifest (`sha256`, `docs_sha256`,
+`label_mask_sha256` per entry), for `olmo data inspect --verify`. A write that fails (a full disk) drops
+the unfinished part's temporary files: only finished parts, which a re-run keeps, stay on the disk.
 """
 
 from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
 import io
 import json
 import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 
@@ -36,6 +41,17 @@ from olmo_cli.errors import UsageError
 FORMAT = "olmo-tokens/1"
 STATE_DIR = ".olmo-tokenize"
 MANIFEST = "manifest.json"
+# What a manifest's `files` entry holds (the checksums are absent in manifests of older olmo versions).
+ENTRY_KEYS = (
+    "path",
+    "tokens",
+    "documents",
+    "docs",
+    "label_mask",
+    "sha256",
+    "docs_sha256",
+    "label_mask_sha256",
+)
 
 
 def part_stem(index: int) -> str:
@@ -125,6 +141,28 @@ def _resume_point(root: Path, itemsize: int, n_inputs: int) -> Resume:
     return resume
 
 
+class _HashingFile:
+    """A file being written, with the sha256 of what went into it (gzip writes through one, too)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file = open(path, "wb")
+        self.sha256 = hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.sha256.update(data)
+        return self._file.write(data)
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def fileno(self) -> int:
+        return self._file.fileno()
+
+    def close(self) -> None:
+        self._file.close()
+
+
 class PartWriter:
     """Appends documents to part files in order, starting a new part when the next document would pass
     `max_tokens` (a longer document gets a part of its own), and commits each finished part."""
@@ -134,7 +172,8 @@ class PartWriter:
         self.dtype, self.max_tokens, self.chat = np.dtype(dtype), max_tokens, chat
         self.records = list(resume.records)
         self.counts = Counts(**resume.counts.as_dict())
-        self._files: dict[str, BinaryIO] | None = None
+        self._files: dict[str, Any] | None = None
+        self._tmp_paths: list[Path] = []  # the open part's temporary files, removed if it fails
         self._docs_csv: Any = None
         self._part_tokens = self._part_docs = 0
 
@@ -190,20 +229,23 @@ class PartWriter:
     def _tmp(self, name: str) -> Path:
         return self.state / f"{name}.tmp"
 
-    def _open(self) -> dict[str, BinaryIO]:
+    def _open(self) -> dict[str, Any]:
         stem = part_stem(len(self.records))
-        files: dict[str, BinaryIO] = {"tokens": open(self._tmp(f"{stem}.npy"), "wb")}
+        names = {"tokens": f"{stem}.npy", "docs_raw": f"{stem}.docs.csv.gz"}
         if self.chat:
-            files["mask"] = open(self._tmp(f"{stem}.mask.npy"), "wb")
-        raw = open(self._tmp(f"{stem}.docs.csv.gz"), "wb")
-        files["docs_raw"] = raw
+            names["mask"] = f"{stem}.mask.npy"
+        files: dict[str, Any] = {}
+        self._files = files  # before opening: a failed open still closes what did open
+        for key, name in names.items():
+            self._tmp_paths.append(self._tmp(name))
+            files[key] = _HashingFile(self._tmp(name))
+        raw = files["docs_raw"]
         # No file name or time in the gzip header: the same documents must give the same bytes.
-        files["docs"] = gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=6, mtime=0)  # type: ignore[assignment]
-        text = io.TextIOWrapper(files["docs"], encoding="utf-8", newline="")  # type: ignore[arg-type]
-        files["docs_text"] = text  # type: ignore[assignment]
+        files["docs"] = gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=6, mtime=0)
+        text = io.TextIOWrapper(files["docs"], encoding="utf-8", newline="")
+        files["docs_text"] = text
         self._docs_csv = csv.writer(text, lineterminator="\n")
         self._docs_csv.writerow(("start", "end", "id"))
-        self._files = files
         self._part_tokens = self._part_docs = 0
         return files
 
@@ -211,17 +253,19 @@ class PartWriter:
         """Finish the open part: its files get their final names, then its completion record is written.
         `next_line` is where, in `result`'s input, the next part starts (None result: the inputs' end)."""
         assert self._files is not None
-        files, self._files = self._files, None
+        files = self._files
         files["docs_text"].close()  # closes the gzip stream, leaving the raw file open to fsync
         for key in ("tokens", "mask", "docs_raw"):
             if key in files:
                 files[key].flush()
                 os.fsync(files[key].fileno())
                 files[key].close()
+        self._files = None
         stem = part_stem(len(self.records))
         names = [f"{stem}.docs.csv.gz"] + ([f"{stem}.mask.npy"] if self.chat else []) + [f"{stem}.npy"]
         for name in names:  # the token file last: its presence at full size means the part's files are whole
             os.replace(self._tmp(name), self.root / name)
+        self._tmp_paths = []
         fsync_dir(self.root)
         counts = self._count_skipped(result, before=next_line) if result is not None else self.counts
         record = {
@@ -230,6 +274,9 @@ class PartWriter:
             "documents": self._part_docs,
             "docs": f"{stem}.docs.csv.gz",
             "label_mask": f"{stem}.mask.npy" if self.chat else None,
+            "sha256": files["tokens"].sha256.hexdigest(),
+            "docs_sha256": files["docs_raw"].sha256.hexdigest(),
+            "label_mask_sha256": files["mask"].sha256.hexdigest() if self.chat else None,
             "next": [result.input_index, next_line] if result is not None else None,
             "counts": counts.as_dict(),
         }
@@ -245,9 +292,7 @@ class PartWriter:
         for stale in self.root.glob("part-*"):  # from a different earlier attempt that got further
             if int(stale.name.split(".")[0].removeprefix("part-")) >= len(self.records):
                 stale.unlink()
-        files = [
-            {k: r[k] for k in ("path", "tokens", "documents", "docs", "label_mask")} for r in self.records
-        ]
+        files = [{k: r[k] for k in ENTRY_KEYS if k in r} for r in self.records]
         c = self.counts
         manifest = {
             "format": FORMAT,
@@ -266,11 +311,21 @@ class PartWriter:
         return manifest
 
     def close(self) -> None:
-        """Drop an unfinished part (after an error): its temporary files are not results."""
+        """Drop an unfinished part (after an error): its temporary files are not results, and after a
+        full disk they would keep it full."""
         if self._files is not None:
-            for f in self._files.values():
+            for key in ("docs_text", "tokens", "mask", "docs_raw"):  # the gzip layers before their file
                 try:
-                    f.close()
+                    if key in self._files:
+                        self._files[key].close()
                 except (OSError, ValueError):
                     pass
             self._files = None
+        for path in self._tmp_paths:
+            path.unlink(missing_ok=True)
+        self._tmp_paths = []
+
+    def bytes_on_disk(self) -> int:
+        """What the finished parts and the open part's temporary files take now."""
+        paths = [*self.root.glob("part-*"), *self._tmp_paths]
+        return sum(p.stat().st_size for p in paths if p.is_file())

@@ -15,7 +15,7 @@ import glob
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from olmo_cli.errors import DataError, UsageError
@@ -25,6 +25,12 @@ MANIFEST_FORMAT = "olmo-tokens/1"
 MASK_SUFFIX = ".mask.npy"
 URL_SCHEMES = ("http://", "https://", "s3://", "gs://", "r2://", "hf://", "weka://")
 _GLOB_CHARS = set("*?[")
+# A manifest lists one small entry per token file (of up to 1 GiB each): 64 MiB is far beyond any real one.
+MAX_MANIFEST_BYTES = 64 << 20
+# The checksums `olmo data tokenize` records per entry, by the entry key naming the file they belong to.
+SHA256_KEYS = {"sha256": "path", "docs_sha256": "docs", "label_mask_sha256": "label_mask"}
+NPY_MAGIC = b"\x93NUMPY"
+_REDO = "re-run the `olmo data tokenize` command that made this directory"
 
 
 def is_url(item: str) -> bool:
@@ -59,14 +65,12 @@ class TokenFile:
 
 
 def read_manifest(directory: Path) -> Manifest | None:
-    """The manifest of a token directory, or None when it has none."""
+    """The manifest of a token directory, or None when it has none. Every field reading the data uses is
+    checked here: a manifest is input like any other, and may be damaged or hand-made."""
     path = directory / MANIFEST
     if not path.is_file():
         return None
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"{path} is not readable JSON: {e}", hint="re-run `olmo data tokenize`") from e
+    raw = _load_json(path)
     if not isinstance(raw, dict) or raw.get("format") != MANIFEST_FORMAT:
         found = raw.get("format") if isinstance(raw, dict) else type(raw).__name__
         raise DataError(
@@ -75,19 +79,72 @@ def read_manifest(directory: Path) -> Manifest | None:
         )
     files = raw.get("files")
     if raw.get("dtype") not in ("uint16", "uint32") or not isinstance(files, list):
-        raise DataError(f"{path} lacks a valid 'dtype' (uint16 or uint32) or 'files' list")
+        raise DataError(f"{path} lacks a valid 'dtype' (uint16 or uint32) or 'files' list", hint=_REDO)
     for i, entry in enumerate(files):
-        if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
-            raise DataError(f"{path}: files[{i}] has no 'path'")
+        _check_entry(path, i, entry)
     tokenizer = raw.get("tokenizer")
     return Manifest(
         directory=directory,
         dtype=raw["dtype"],
         tokenizer=tokenizer if isinstance(tokenizer, dict) else {},
-        documents=raw.get("documents") if isinstance(raw.get("documents"), int) else None,
-        tokens=raw.get("tokens") if isinstance(raw.get("tokens"), int) else None,
+        documents=raw.get("documents") if _is_count(raw.get("documents")) else None,
+        tokens=raw.get("tokens") if _is_count(raw.get("tokens")) else None,
         files=tuple(files),
     )
+
+
+def _load_json(path: Path) -> Any:
+    try:
+        size = path.stat().st_size
+        if size > MAX_MANIFEST_BYTES:
+            raise DataError(
+                f"{path} is {size:,} bytes, more than the {MAX_MANIFEST_BYTES:,} a manifest may be",
+                hint="a manifest lists token files; this one is damaged or not a manifest: " + _REDO,
+            )
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:  # JSONDecodeError is a ValueError
+        raise DataError(f"{path} is not readable JSON: {e}", hint=_REDO) from e
+    except RecursionError:
+        raise DataError(f"{path} is not readable JSON: it is nested too deeply", hint=_REDO) from None
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check_entry(path: Path, i: int, entry: Any) -> None:
+    """One `files` entry: plain relative names (a manifest never makes olmo read outside its directory)
+    and counts that are counts."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
+        raise DataError(f"{path}: files[{i}] has no 'path'", hint=_REDO)
+    for key in ("path", "docs", "label_mask"):
+        name = entry.get(key)
+        if name is None and key != "path":
+            continue
+        if not isinstance(name, str) or not _is_inside(name):
+            raise DataError(
+                f"{path}: files[{i}].{key} is {name!r}, not a file name inside {path.parent}",
+                hint="a manifest names files in its own directory only: " + _REDO,
+            )
+    for key in ("tokens", "documents"):
+        if key == "tokens" or key in entry:
+            if not _is_count(entry.get(key)):
+                raise DataError(
+                    f"{path}: files[{i}].{key} is {entry.get(key)!r}, not a count of {key}", hint=_REDO
+                )
+    for key in SHA256_KEYS:
+        digest = entry.get(key)
+        if digest is not None and not (isinstance(digest, str) and _is_sha256(digest)):
+            raise DataError(f"{path}: files[{i}].{key} is {digest!r}, not a sha256 hex digest", hint=_REDO)
+
+
+def _is_inside(name: str) -> bool:
+    parts = PurePosixPath(name).parts
+    return bool(name) and "\\" not in name and not PurePosixPath(name).is_absolute() and ".." not in parts
+
+
+def _is_sha256(digest: str) -> bool:
+    return len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)
 
 
 def expand_data_paths(items: Sequence[str]) -> list[TokenFile]:
@@ -107,6 +164,7 @@ def _expand_one(item: str) -> list[TokenFile]:
     if path.is_dir():
         return _expand_directory(path)
     if path.is_file():
+        refuse_npy_format(path)
         return [TokenFile(str(path))]
     if _GLOB_CHARS & set(item):
         matches = sorted(glob.glob(str(path)))
@@ -125,23 +183,67 @@ def _expand_directory(directory: Path) -> list[TokenFile]:
         files = sorted(p for p in directory.glob("*.npy") if not p.name.endswith(MASK_SUFFIX))
         if not files:
             raise DataError(f"{directory} holds no *.npy token files and no {MANIFEST}")
+        for path in files:
+            refuse_npy_format(path)
         return [TokenFile(str(p)) for p in files]
     expanded = []
     for entry in manifest.files:
-        token_path = directory / entry["path"]
-        if not token_path.is_file():
-            raise DataError(
-                f"{token_path} is listed in {directory / MANIFEST} but missing",
-                hint="the directory is incomplete: re-run the `olmo data tokenize` command that made it",
-            )
+        problem = entry_problem(manifest, entry)
+        if problem is not None:
+            raise DataError(problem, hint=_REDO + " (or restore the file from where it was copied)")
         mask = entry.get("label_mask")
-        documents = entry.get("documents")
         expanded.append(
             TokenFile(
-                str(token_path),
+                str(directory / entry["path"]),
                 label_mask=str(directory / mask) if isinstance(mask, str) else None,
                 manifest=manifest,
-                documents=documents if isinstance(documents, int) else None,
+                documents=entry.get("documents"),
             )
         )
     return expanded
+
+
+def entry_problem(manifest: Manifest, entry: dict[str, Any]) -> str | None:
+    """What is wrong with a listed token file (and its label mask) by its manifest's counts, or None.
+
+    Sizes only, so it is cheap enough for every run: a file cut short (a copy that stopped, a full disk)
+    would otherwise train silently on fewer tokens, or on a mask that no longer lines up.
+    """
+    listing = manifest.directory / MANIFEST
+    tokens = entry["tokens"]
+    itemsize = 2 if manifest.dtype == "uint16" else 4
+    checks = [(entry["path"], tokens * itemsize, f"{tokens:,} {manifest.dtype} tokens")]
+    if isinstance(entry.get("label_mask"), str):
+        checks.append((entry["label_mask"], tokens, f"a label mask of {tokens:,} tokens"))
+    for name, expected, what in checks:
+        path = manifest.directory / name
+        if not path.is_file():
+            return f"{path} is listed in {listing} but missing"
+        size = path.stat().st_size
+        if size != expected:
+            return (
+                f"{path} is {size:,} bytes, but {listing} lists {what}, which is {expected:,} bytes: "
+                f"the file is {'truncated' if size < expected else 'longer than it was written'}"
+            )
+    return None
+
+
+def refuse_npy_format(path: Path) -> None:
+    """A file saved with `np.save` has a header that would be read as token ids: say so instead."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(NPY_MAGIC) + 2)
+    except OSError as e:
+        raise DataError(f"cannot read token file {path}: {e}") from e
+    # The magic, then the format version (1, 2 or 3) that `np.save` writes: an accidental match is unlikely.
+    if head[: len(NPY_MAGIC)] == NPY_MAGIC and head[len(NPY_MAGIC) : len(NPY_MAGIC) + 1] in (
+        b"\x01",
+        b"\x02",
+        b"\x03",
+    ):
+        raise DataError(
+            f"{path} is a NumPy .npy file written by np.save, with a header: olmo reads raw token ids, and "
+            "would read that header as tokens",
+            hint="re-save the array without a header: np.load(path).astype('uint16').tofile(path) "
+            "(or uint32 for vocabularies over 65536), or tokenize documents with `olmo data tokenize`",
+        )

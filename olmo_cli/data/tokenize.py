@@ -3,12 +3,19 @@
 The pipeline: expand the inputs -> read them in order as chunks of records -> encode chunks in worker
 processes -> write the results strictly in input order. Work is handed out in a fixed order and the
 results are consumed in that order, so the output is byte-identical whatever the number of processes.
+
+A full disk (or quota) while writing is a DataError naming the output and the space needed, estimated
+from how many tokens the inputs read so far gave; the unfinished part's temporary files are removed and
+the finished ones kept, so the same command, run again once there is space, completes the job with the
+bytes an uninterrupted run writes.
 """
 
 from __future__ import annotations
 
+import errno
 import multiprocessing
 import os
+import shutil
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -121,27 +128,32 @@ def tokenize(
     processes = options.processes or default_processes()
     resolved, files, job = _plan(inputs, tokenizer, options)
     root = Path(output)
-    state = parts.prepare(root, job)
-    if isinstance(state, dict):
-        return TokenizeSummary(root, state, processes, time.perf_counter() - started, already_complete=True)
-    settings = _settings(resolved.json_text, resolved.identity, job["dtype"], files, options)
-    writer = parts.PartWriter(root, job["dtype"], options.max_tokens_per_file, options.chat, state)
     sizes = [int(d["bytes"]) for d in job["inputs"]]
+    spent = _Spent(sum(sizes))
     bad_examples: list[str] = []
-    try:
-        chunks = iter_chunks(files, txt_per_line=options.txt_per_line, start=state.start)
-        for result in _encoded(chunks, settings, processes):
-            if result.error:
-                raise DataError(result.error, hint=_bad_hint(options))
-            bad_examples += [f"{files[result.input_index].name}:{line}: {what}" for line, what in result.bad]
-            writer.add(result)
-            if on_progress:
-                done = sum(sizes[: result.input_index]) + result.end_offset
-                c = writer.counts
-                on_progress(TokenizeProgress(c.documents, c.tokens, done, sum(sizes), len(writer.records)))
-        manifest = writer.finish(job)
-    finally:
-        writer.close()
+    with _disk_full_is_data_error(root, spent):
+        state = parts.prepare(root, job)
+        if isinstance(state, dict):
+            elapsed = time.perf_counter() - started
+            return TokenizeSummary(root, state, processes, elapsed, already_complete=True)
+        settings = _settings(resolved.json_text, resolved.identity, job["dtype"], files, options)
+        writer = parts.PartWriter(root, job["dtype"], options.max_tokens_per_file, options.chat, state)
+        spent.writer = writer
+        try:
+            chunks = iter_chunks(files, txt_per_line=options.txt_per_line, start=state.start)
+            for result in _encoded(chunks, settings, processes):
+                if result.error:
+                    raise DataError(result.error, hint=_bad_hint(options))
+                bad_examples += [f"{files[result.input_index].name}:{ln}: {what}" for ln, what in result.bad]
+                writer.add(result)
+                spent.done = sum(sizes[: result.input_index]) + result.end_offset
+                if on_progress:
+                    c, n_files = writer.counts, len(writer.records)
+                    total = spent.input_bytes
+                    on_progress(TokenizeProgress(c.documents, c.tokens, spent.done, total, n_files))
+            manifest = writer.finish(job)
+        finally:
+            writer.close()
     return TokenizeSummary(
         root,
         manifest,
@@ -150,6 +162,57 @@ def tokenize(
         resumed_files=len(state.records),
         bad_examples=bad_examples[:MAX_BAD_EXAMPLES],
     )
+
+
+@dataclass
+class _Spent:
+    """How far a run got: what a full disk's message estimates the space needed from."""
+
+    input_bytes: int
+    done: int = 0  # input bytes read (as stored) when the last chunk was written
+    writer: parts.PartWriter | None = None
+
+
+@contextmanager
+def _disk_full_is_data_error(root: Path, spent: _Spent) -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        if spent.writer is not None:
+            spent.writer.close()  # the unfinished part's files go before the free space is measured
+        raise _disk_full(root, spent, exc) from None
+
+
+def _disk_full(root: Path, spent: _Spent, exc: OSError) -> DataError:
+    writer = spent.writer
+    on_disk = writer.bytes_on_disk() if writer is not None else 0
+    try:
+        free = f"{_size(shutil.disk_usage(root).free)} is free there now"
+    except OSError:
+        free = "the free space could not be read"
+    reason = "disk quota exceeded" if exc.errno == errno.EDQUOT else "no space left on the device"
+    if writer is not None and spent.done and writer.counts.tokens:
+        finished_tokens = sum(int(r["tokens"]) for r in writer.records)
+        per_token = on_disk / finished_tokens if finished_tokens else writer.dtype.itemsize + writer.chat
+        tokens = writer.counts.tokens * spent.input_bytes / spent.done
+        need = f"about {_size(tokens * per_token)} in all (estimated from the inputs read so far)"
+    else:
+        need = f"roughly the inputs' size, {_size(spent.input_bytes)}, or less (nothing was written yet)"
+    return DataError(
+        f"{reason} writing token files to {root}: they need {need}; {_size(on_disk)} of finished "
+        f"files are kept there, and {free}",
+        hint="free some space (or use a disk with more) and run the same command again: it continues "
+        "where it stopped, with the finished files kept",
+    )
+
+
+def _size(n: float) -> str:
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{int(n)} bytes"
 
 
 def _plan(
