@@ -310,7 +310,7 @@ def _install_optim(
 
 
 def _read_trainer(directory: Path, world: World, warnings: list[str]) -> dict[str, Any]:
-    from olmo_cli.config.yamlio import parse_yaml
+    from olmo_cli.config.yamlio import read_yaml
 
     path = directory / TRAIN / f"rank{world.rank}.pt"
     if not path.is_file():
@@ -321,7 +321,7 @@ def _read_trainer(directory: Path, world: World, warnings: list[str]) -> dict[st
     warnings += more
     config = None
     if (directory / "config.yaml").is_file():
-        config = parse_yaml((directory / "config.yaml").read_text(encoding="utf-8"), source=str(directory))
+        config = read_yaml(directory / "config.yaml", error=CheckpointError)
     batch, seq_len = batch_geometry(config if isinstance(config, dict) else None)
     return normalize_trainer_state(
         raw, global_batch_size=batch, max_sequence_length=seq_len, source=str(path)

@@ -27,7 +27,7 @@ from olmo_cli.checkpoint.optim_state import normalize_optim_state
 from olmo_cli.checkpoint.safe_pickle import load_torch_weights, load_trainer_pickle, train_state_globals
 from olmo_cli.checkpoint.trainer_state import batch_geometry, normalize_trainer_state
 from olmo_cli.config.schema import ModelConfig
-from olmo_cli.errors import CheckpointError, ConfigError
+from olmo_cli.errors import CheckpointError
 
 __all__ = ["UnshardedCheckpoint", "read_unsharded", "write_unsharded"]
 
@@ -193,21 +193,14 @@ def _load_state_file(path: Path, what: str) -> Any:
 
 
 def _read_config(directory: Path, warnings: list[str]) -> tuple[str | None, dict[str, Any] | None]:
-    from olmo_cli.config.yamlio import parse_yaml
+    from olmo_cli.config.yamlio import parse_yaml, read_config_text
 
     path = directory / "config.yaml"
     if not path.is_file():
         warnings.append(f"{directory} has no config.yaml; the model config must come from elsewhere")
         return None, None
-    try:
-        text = path.read_text(encoding="utf-8")
-        config = parse_yaml(text, source=str(path))
-    except UnicodeDecodeError:
-        raise CheckpointError(
-            f"{path} is not UTF-8 text", hint="the checkpoint's config.yaml is damaged"
-        ) from None
-    except ConfigError as e:
-        raise CheckpointError(e.message, hint="the checkpoint's config.yaml is damaged") from None
+    text = read_config_text(path, error=CheckpointError)
+    config = parse_yaml(text, source=str(path), error=CheckpointError)
     if not isinstance(config, dict):
         raise CheckpointError(f"{path} is not a mapping of config sections")
     return text, config

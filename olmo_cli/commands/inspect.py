@@ -177,14 +177,15 @@ def _load(
     """The config, and the order file of the run it came from (None without --run)."""
     from olmo_cli.config.loader import load_config
     from olmo_cli.data.batches import run_files
-    from olmo_cli.errors import UsageError
+    from olmo_cli.errors import CheckpointError, UsageError
 
     if run is None:
         return load_config(preset=preset, config_file=config, overrides=overrides).config, None
     if preset is not None or config is not None:
         raise UsageError("give --run DIR or --preset/--config, not both")
     files = run_files(run)
-    return load_config(config_file=files.config, overrides=overrides).config, files.order
+    loaded = load_config(config_file=files.config, overrides=overrides, file_error=CheckpointError)
+    return loaded.config, files.order
 
 
 def _as_json(source: BatchSource, shown: list[tuple[int, list[BatchEntry]]], rank: int | None) -> dict:

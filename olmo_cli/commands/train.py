@@ -188,11 +188,12 @@ def resume(
       olmo resume runs/continued --load-path ckpts/OLMo-1B/step20000-unsharded --nproc-per-node 8
     """
     from olmo_cli.config.loader import load_config
+    from olmo_cli.errors import CheckpointError
     from olmo_cli.train.run import RunOptions
 
     directory, checkpoint, config_file = _resume_target(run_dir, load_path)
     sets = [*(overrides or []), f"save_folder={directory}", f"load_path={checkpoint}"]
-    loaded = load_config(config_file=config_file, overrides=sets)
+    loaded = load_config(config_file=config_file, overrides=sets, file_error=CheckpointError)
     relaunch_if_asked(nproc_per_node)
     if is_main_process() and not json_output:
         from olmo_cli import ui

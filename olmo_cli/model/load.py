@@ -90,7 +90,8 @@ def _train_config(data: dict | None, source: str) -> TrainConfig:
             hint="copy the config.yaml of the run that wrote the checkpoint into the directory",
         )
     try:
-        return validate(resolve_interpolations(data, source=source), source=f"{source}/config.yaml")
+        file = f"{source}/config.yaml"
+        return validate(resolve_interpolations(data, source=file, error=CheckpointError), source=file)
     except ConfigError as e:
         raise CheckpointError(e.message, details=e.details, hint=e.hint) from None
 
@@ -117,7 +118,9 @@ def _read_sharded(path: Path) -> CheckpointWeights:
     from olmo_cli.train.distributed import close_world, init_world
 
     config_file = path / "config.yaml"
-    config = _train_config(read_yaml(config_file) if config_file.is_file() else None, str(path))
+    config = _train_config(
+        read_yaml(config_file, error=CheckpointError) if config_file.is_file() else None, str(path)
+    )
     model = build_model(config.model, device="meta").to_empty(device="cpu")  # every value is read below
     world = init_world(device="cpu")
     warnings: list[str] = []
@@ -135,7 +138,9 @@ def _read_quantized(path: Path) -> CheckpointWeights:
     from olmo_cli.quant.model import check_quantized_tensors
 
     config_file = path / "config.yaml"
-    config = _train_config(read_yaml(config_file) if config_file.is_file() else None, str(path))
+    config = _train_config(
+        read_yaml(config_file, error=CheckpointError) if config_file.is_file() else None, str(path)
+    )
     found = read_quantized_files(path)
     check_quantized_tensors(found.tensors, found.layout, config.model, source=str(path))
     return CheckpointWeights(

@@ -43,7 +43,7 @@ def _refuse_non_base(path: Path) -> None:
     refuse_quantized(path, "olmo finetune merge")
     if is_hf_dir(path) or not (path / "config.yaml").is_file():
         return
-    config = read_yaml(path / "config.yaml")
+    config = read_yaml(path / "config.yaml", error=CheckpointError)
     if isinstance(config, dict) and config.get("lora"):
         raise CheckpointError(
             f"{path} is a checkpoint of a LoRA run, not a base model",

@@ -142,11 +142,12 @@ def _yaml_config(path: Path) -> TrainConfig:
             f"{path} has no config.yaml, so the model's architecture is unknown",
             hint="copy the config.yaml of the run that wrote the checkpoint into the directory",
         )
-    data = read_yaml(file)
+    data = read_yaml(file, error=CheckpointError)
     if not isinstance(data, dict):
         raise CheckpointError(f"{file} is not a mapping of config sections")
     try:
-        return validate(resolve_interpolations(data, source=str(file)), source=str(file))
+        data = resolve_interpolations(data, source=str(file), error=CheckpointError)
+        return validate(data, source=str(file))
     except ConfigError as e:
         raise CheckpointError(e.message, details=e.details, hint=e.hint) from None
 
