@@ -233,6 +233,14 @@ def inspect_command(
             show_default=False,
         ),
     ] = None,
+    verify: Annotated[
+        bool,
+        typer.Option(
+            "--verify",
+            help="First re-hash every file the manifest lists against the sha256 recorded when it was "
+            "written; any mismatch is an error (exit 3) naming the files.",
+        ),
+    ] = False,
     json_output: JsonOption = False,
 ) -> None:
     """Summarize token data: dtype, tokens, documents, instances, largest token id.
@@ -242,6 +250,10 @@ def inspect_command(
     the sequence length, vocabulary, dtype and EOS id come from the config, and an id not below the
     model's vocabulary size is an error (exit 3) before any training starts.
 
+    A file whose size does not match its manifest's token count (truncated, or changed) is always an
+    error (exit 3); --verify also compares every byte, through the sha256 each file's manifest entry
+    records (token files, document boundaries, label masks).
+
     Examples:
 
       olmo data inspect data/tok
@@ -249,9 +261,13 @@ def inspect_command(
       olmo data inspect data/tok --preset tiny
 
       olmo data inspect 'data/*.npy' --seq-len 4096 --vocab-size 50280 --dtype uint16 --json
+
+      olmo data inspect data/tok --verify
     """
     from olmo_cli import ui
     from olmo_cli.data.summary import inspect_token_data
+
+    verification = _verify(paths, json_output) if verify else None
 
     length, vocab, cfg_dtype, cfg_eos = 2048, None, None, None
     if preset is not None or config is not None or overrides:
@@ -280,10 +296,56 @@ def inspect_command(
             default_eos_token_id=cfg_eos,
         )
     if json_output:
-        ui.print_json(_inspect_json(summary))
+        extra = {} if verification is None else {"verify": _verify_json(verification)}
+        ui.print_json({**_inspect_json(summary), **extra})
     else:
-        ui.console.print(_inspect_table(summary))
+        ui.console.print(_inspect_table(summary, verification))
     summary.check_vocab()
+
+
+MAX_LISTED_MISMATCHES = 20
+
+
+def _verify(paths: list[str], json_output: bool) -> Any:  # a Verification
+    """Re-hash the listed files (with a progress bar); exit 3 listing the mismatches when there are any."""
+    from olmo_cli import ui
+    from olmo_cli.data.verify import verify_token_dirs
+    from olmo_cli.errors import DataError
+
+    with ui.progress("verifying", None, rates={"bytes": "B"}, enabled=not json_output) as update:
+
+        def on_progress(done: int, total: int) -> None:
+            if not started:  # the rate counts from zero, not from the first block read
+                started.append(True)
+                update(0, total=total, bytes=0)
+            update(done, total=total, bytes=done)
+
+        started: list[bool] = []
+        verification = verify_token_dirs(paths, on_progress)
+    if verification.without_checksum:
+        n = len(verification.without_checksum)
+        ui.warn(f"{n} listed file(s) have no sha256 in their manifest (an older olmo): sizes checked only")
+    if verification.ok:
+        return verification
+    if json_output:
+        ui.print_json({"verify": _verify_json(verification)})
+    bad = verification.mismatches
+    details = [m.problem for m in bad[:MAX_LISTED_MISMATCHES]]
+    if len(bad) > MAX_LISTED_MISMATCHES:
+        details.append(f"... and {len(bad) - MAX_LISTED_MISMATCHES} more")
+    raise DataError(
+        f"{len(bad)} of the {verification.files_checked} files listed in "
+        f"{', '.join(verification.directories)} do not match their manifest",
+        details=details,
+        hint="the files changed after `olmo data tokenize` wrote them (a damaged disk or copy): restore "
+        "them, or re-run the tokenize command into a new directory",
+    )
+
+
+def _verify_json(verification: Any) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return {**asdict(verification), "ok": verification.ok}
 
 
 def _inspect_json(summary: Any) -> dict[str, Any]:
@@ -292,7 +354,7 @@ def _inspect_json(summary: Any) -> dict[str, Any]:
     return {**asdict(summary), "dropped_tokens": summary.dropped_tokens, "fits_vocab": summary.fits_vocab}
 
 
-def _inspect_table(s: Any) -> Any:  # a TokenDataSummary
+def _inspect_table(s: Any, verification: Any = None) -> Any:  # a TokenDataSummary, a Verification
     from olmo_cli import ui
 
     table = ui.table("", "value", title=f"Token data: {len(s.files)} file(s)", right=("value",))
@@ -312,6 +374,9 @@ def _inspect_table(s: Any) -> Any:  # a TokenDataSummary
         ("EOS id", "-" if s.eos_token_id is None else str(s.eos_token_id)),
         ("tokenizer", s.tokenizer or "-"),
     ]
+    if verification is not None:
+        hashed = verification.files_checked - len(verification.without_checksum)
+        rows.append(("verified (sha256)", f"{hashed:,} of {verification.files_checked:,} files: ok"))
     for name, value in rows:
         table.add_row(name, value)
     return table

@@ -204,28 +204,40 @@ def _expand_directory(directory: Path) -> list[TokenFile]:
 
 
 def entry_problem(manifest: Manifest, entry: dict[str, Any]) -> str | None:
-    """What is wrong with a listed token file (and its label mask) by its manifest's counts, or None.
+    """What is wrong with a listed token file (or its label mask) by its manifest's counts, or None.
 
     Sizes only, so it is cheap enough for every run: a file cut short (a copy that stopped, a full disk)
     would otherwise train silently on fewer tokens, or on a mask that no longer lines up.
     """
+    problems = entry_problems(manifest, entry)
+    return problems[0][1] if problems else None
+
+
+def entry_problems(manifest: Manifest, entry: dict[str, Any]) -> list[tuple[Path, str]]:
+    """(file, what is wrong) for each of an entry's token file and label mask that is missing or whose
+    size is not what the token count makes it."""
     listing = manifest.directory / MANIFEST
     tokens = entry["tokens"]
     itemsize = 2 if manifest.dtype == "uint16" else 4
     checks = [(entry["path"], tokens * itemsize, f"{tokens:,} {manifest.dtype} tokens")]
     if isinstance(entry.get("label_mask"), str):
         checks.append((entry["label_mask"], tokens, f"a label mask of {tokens:,} tokens"))
+    problems = []
     for name, expected, what in checks:
         path = manifest.directory / name
         if not path.is_file():
-            return f"{path} is listed in {listing} but missing"
+            problems.append((path, f"{path} is listed in {listing} but missing"))
+            continue
         size = path.stat().st_size
         if size != expected:
-            return (
-                f"{path} is {size:,} bytes, but {listing} lists {what}, which is {expected:,} bytes: "
-                f"the file is {'truncated' if size < expected else 'longer than it was written'}"
+            problems.append(
+                (
+                    path,
+                    f"{path} is {size:,} bytes, but {listing} lists {what}, which is {expected:,} bytes: "
+                    f"the file is {'truncated' if size < expected else 'longer than it was written'}",
+                )
             )
-    return None
+    return problems
 
 
 def refuse_npy_format(path: Path) -> None:
