@@ -250,8 +250,11 @@ def download_command(
     model.pt / optim.pt where the .safetensors file is absent. What exists is downloaded.
 
     Files are fetched in parallel, large ones in byte ranges; connection errors, timeouts and 5xx
-    answers are retried with backoff, a 404 or 403 stops at once. Each file is checked against the
-    size and, where the server offers one, the checksum it announced, then renamed into place; the
+    answers are retried with backoff (a try slower than 4 KiB/s over 30 s counts as failed, and
+    each file has a deadline); a 4xx answer, a redirect loop or a redirect to another scheme stops
+    at once. Every answer must agree with the size and version the server announced; a disagreement
+    asks the server once more, then stops. Each file is checked against the size and, where the
+    server offers one, the checksum it announced, then renamed into place; the
     checkpoint directory gets its name (and a .olmo-download.json manifest) only when every file is
     there. Interrupted (even kill -9)? Run the same command again: it continues from the bytes on disk.
 
@@ -305,11 +308,15 @@ def _download(plans: list[CheckpointPlan], options: Any, *, quiet: bool, json_ou
     from olmo_cli.hub.download import download
 
     finished: dict[tuple[int, str], events.FileDone] = {}
+    started: set[tuple[int, str]] = set()
     start = time.monotonic()
     with ui.transfers(enabled=not (quiet or json_output)) as bars:
 
         def on_event(event: events.DownloadEvent) -> None:
-            if isinstance(event, events.FileStarted):
+            if isinstance(event, events.FileStarted) and event.key in started:
+                bars.update(event.key, event.on_disk)  # started again after the server was asked again
+            elif isinstance(event, events.FileStarted):
+                started.add(event.key)
                 bars.add(event.key, f"step{event.key[0]} {event.key[1]}", event.size, event.on_disk)
             elif isinstance(event, events.Progress):
                 for key, done in event.done.items():
@@ -322,7 +329,7 @@ def _download(plans: list[CheckpointPlan], options: Any, *, quiet: bool, json_ou
                 bars.finish(event.key, event.size)
                 finished[event.key] = event
 
-        download(plans, options, on_event)
+        plans = download(plans, options, on_event)
     seconds = time.monotonic() - start
     rows = [
         _result_row(plan, f.remote.name, f.remote.size, f.on_disk, finished)

@@ -22,13 +22,22 @@ from typing import Any
 
 from olmo_cli.atomic import atomic_write_text, fsync_dir
 from olmo_cli.errors import CheckpointError
-from olmo_cli.hub.events import CheckpointDone, DownloadEvent, FileDone, FileStarted, Progress
+from olmo_cli.hub.events import CheckpointDone, DownloadEvent, FileDone, FileStarted, Progress, Retrying
 from olmo_cli.hub.http import RetryPolicy
 from olmo_cli.hub.index import IndexEntry
 from olmo_cli.hub.listing import RemoteFile, list_checkpoint_files
 from olmo_cli.hub.partfile import PartFile, bytes_on_disk
 from olmo_cli.hub.paths import checkpoint_dirs, safe_child
-from olmo_cli.hub.transfer import Cancelled, Fetcher, Job, fetch_chunk, verify_and_commit
+from olmo_cli.hub.transfer import (
+    Cancelled,
+    DiskFull,
+    Fetcher,
+    Job,
+    PlanMismatch,
+    fetch_chunk,
+    local_write_error,
+    verify_and_commit,
+)
 
 __all__ = [
     "MARKER",
@@ -138,14 +147,25 @@ def plan_download(
     return [plan_checkpoint(e, dest, options) for e in unique.values()]
 
 
+def _existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _size(n: int) -> str:
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift:
+            return f"{n / (1 << shift):.1f} {unit}"
+    return f"{n} bytes"
+
+
 def _check_space(plans: Sequence[CheckpointPlan]) -> None:
     """Fail before fetching anything if the destination cannot hold what is missing."""
     todo = [p for p in plans if not p.complete]
     if not todo:
         return
-    root = todo[0].final.parent
-    while not root.exists():
-        root = root.parent
+    root = _existing(todo[0].final.parent)
     need, free = sum(p.missing for p in todo), shutil.disk_usage(root).free
     if need > free:
         raise CheckpointError(
@@ -210,14 +230,18 @@ def _finish_checkpoint(plan: CheckpointPlan, jobs: Sequence[Job]) -> None:
 
 
 class _Run:
-    """The state of one `download` call, shared by the worker threads and the calling thread."""
+    """The state of one pass of a `download` call, shared by the worker threads and the calling thread."""
 
-    def __init__(self, options: DownloadOptions, emit: Callable[[DownloadEvent], None]) -> None:
+    def __init__(
+        self, options: DownloadOptions, emit: Callable[[DownloadEvent], None], finished: set[int]
+    ) -> None:
         self.options = options
         self.emit = emit
         self.cancel = threading.Event()
         self.inbox: queue.SimpleQueue[DownloadEvent] = queue.SimpleQueue()
         self.fetcher = Fetcher(options.policy, self.cancel, self.inbox.put)
+        self.jobs_by_step: dict[int, list[Job]] = {}
+        self.finished = finished  # steps renamed into place, by this pass or an earlier one
 
     def chunk(self, job: Job, i: int | None) -> None:
         if i is not None:
@@ -231,7 +255,11 @@ class _Run:
                 self.cancel.set()
                 raise
         if i is None or job.part.chunk_done():
-            verify_and_commit(job, self.fetcher)
+            try:
+                verify_and_commit(job, self.fetcher)
+            except BaseException:
+                self.cancel.set()
+                raise
             self.inbox.put(FileDone(job.key, job.remote.size or 0, sum(job.received), job.verified_by or ""))
 
     def drain(self, jobs: Sequence[Job]) -> None:
@@ -265,7 +293,7 @@ def _finish_ready(
 
 def _run_pool(run: _Run, plans: Sequence[CheckpointPlan], jobs_by_step: dict[int, list[Job]]) -> None:
     all_jobs = [j for js in jobs_by_step.values() for j in js]
-    finished: set[int] = set()
+    finished = run.finished
     error: BaseException | None = None
     pool = ThreadPoolExecutor(max_workers=max(1, run.options.jobs), thread_name_prefix="olmo-download")
     futures: set[Future[None]] = {pool.submit(run.chunk, job, i) for job, i in _tasks(all_jobs)}
@@ -293,24 +321,105 @@ def _run_pool(run: _Run, plans: Sequence[CheckpointPlan], jobs_by_step: dict[int
         raise error
 
 
+def _disk_full(exc: DiskFull, run: _Run, plans: Sequence[CheckpointPlan]) -> CheckpointError:
+    """The disk filled up during the download: how much is needed, and what is kept for the rerun."""
+    need = kept = 0
+    for plan in plans:
+        if plan.complete or plan.step in run.finished:
+            continue
+        jobs = run.jobs_by_step.get(plan.step)
+        if jobs is None:
+            need += plan.missing
+            continue
+        for job in jobs:
+            if job.verified_by is None:
+                need += max((job.remote.size or 0) - job.part.done(), 0)
+                kept += job.part.done()
+            else:
+                kept += job.remote.size or 0
+    root = _existing(plans[0].final.parent)
+    free = shutil.disk_usage(root).free
+    partial = ", ".join(str(p.partial) for p in plans if p.step not in run.finished and not p.complete)
+    return CheckpointError(
+        f"disk full writing {exc.path}: {_size(need)} ({need} bytes) still to download, "
+        f"{_size(free)} free in {root}",
+        details=[f"the {_size(kept)} downloaded so far are kept in {partial}"],
+        hint=f"free at least {_size(max(need - free, 1))} there, then run the same command again: it "
+        "resumes where it stopped (or delete the .partial directory to give back its space)",
+    )
+
+
+def _download_once(run: _Run, plans: Sequence[CheckpointPlan]) -> None:
+    for plan in plans:
+        if plan.step in run.finished:
+            continue
+        if plan.complete:
+            run.finished.add(plan.step)
+            run.emit(CheckpointDone(plan.step, str(plan.final)))
+            continue
+        try:
+            _prepare_partial(plan)
+            jobs = _open_jobs(plan, run.options)
+        except OSError as exc:
+            raise local_write_error(exc, plan.partial) from exc
+        run.jobs_by_step[plan.step] = jobs
+        for job in jobs:
+            run.emit(FileStarted(job.key, job.remote.size, job.on_disk))
+    todo = [p for p in plans if p.step in run.jobs_by_step]
+    if todo:
+        try:
+            _run_pool(run, todo, run.jobs_by_step)
+        except OSError as exc:  # writing the manifest or renaming the directory
+            raise local_write_error(exc, todo[0].partial) from exc
+
+
+def _replan(
+    plans: Sequence[CheckpointPlan], run: _Run, mismatch: PlanMismatch, options: DownloadOptions
+) -> list[CheckpointPlan]:
+    """Ask the server again about every checkpoint not yet in place; drop the part that disagreed."""
+    for plan in plans:
+        for f in plan.files:
+            if f.remote.url == mismatch.url:
+                PartFile(plan.partial, f.remote.name).discard()
+                run.emit(Retrying((plan.step, f.remote.name), f.remote.url, 1, mismatch.message, 0.0))
+    dest = plans[0].final.parent
+    return [
+        p if p.step in run.finished else plan_checkpoint(IndexEntry(p.step, p.url, 0), dest, options)
+        for p in plans
+    ]
+
+
 def download(
     plans: Sequence[CheckpointPlan],
     options: DownloadOptions | None = None,
     on_event: Callable[[DownloadEvent], None] | None = None,
 ) -> list[CheckpointPlan]:
-    """Fetch what `plans` lack. Events go to `on_event` on this thread. Returns the plans done."""
+    """Fetch what `plans` lack. Events go to `on_event` on this thread. Returns the plans done: `plans`,
+    or new ones where the server's answers disagreed with them and it was asked again (once)."""
     options = options or DownloadOptions()
-    run = _Run(options, on_event or (lambda event: None))
-    _check_space(plans)
-    jobs_by_step: dict[int, list[Job]] = {}
+    emit = on_event or (lambda event: None)
+    finished: set[int] = set()
+    current = list(plans)
+    _check_space(current)
+    for second in (False, True):
+        run = _Run(options, emit, finished)
+        try:
+            _download_once(run, current)
+            return current
+        except DiskFull as exc:
+            raise _disk_full(exc, run, current) from exc
+        except PlanMismatch as exc:
+            if second:
+                _replan_cleanup(current, exc)
+                raise
+            current = _replan(current, run, exc, options)
+            _check_space(current)
+    raise AssertionError("unreachable")
+
+
+def _replan_cleanup(plans: Sequence[CheckpointPlan], mismatch: PlanMismatch) -> None:
+    """A part that disagreed twice is of no known version: keep nothing of it."""
     for plan in plans:
-        if plan.complete:
-            run.emit(CheckpointDone(plan.step, str(plan.final)))
-            continue
-        _prepare_partial(plan)
-        jobs_by_step[plan.step] = jobs = _open_jobs(plan, options)
-        for job in jobs:
-            run.emit(FileStarted(job.key, job.remote.size, job.on_disk))
-    if jobs_by_step:
-        _run_pool(run, [p for p in plans if p.step in jobs_by_step], jobs_by_step)
-    return list(plans)
+        for f in plan.files:
+            if f.remote.url == mismatch.url and plan.partial.is_dir():
+                PartFile(plan.partial, f.remote.name).discard()

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from olmo_cli.errors import NetworkError
-from olmo_cli.hub.http import RetryPolicy, check_status, is_transient_error, session
+from olmo_cli.hub.http import RetryPolicy, as_network_error, check_status, is_transient_error, request
 
 __all__ = ["DEFAULT_ENDPOINT", "Revision", "list_revisions", "parse_tokens"]
 
@@ -50,12 +50,16 @@ def _get_json(url: str, headers: dict[str, str], policy: RetryPolicy) -> Any:
     failures = 0
     while True:
         try:
-            response = session().get(url, headers=headers, timeout=policy.timeout)
-            check_status(response, url, what="repository")
-            return response.json()
+            with request("GET", url, headers=headers, timeout=policy.timeout) as response:
+                check_status(response, url, what="repository")
+                return response.json()
+        except NetworkError:
+            raise
         except Exception as exc:
             if not is_transient_error(exc):
-                raise
+                if isinstance(exc, ValueError):  # not JSON
+                    raise
+                raise as_network_error(exc, url) from exc
             failures += 1
             if failures >= policy.attempts:
                 raise NetworkError(f"{url}: {exc}", hint="check the network and try again") from exc

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 from olmo_cli.errors import NetworkError, UsageError
 from olmo_cli.hub.checksum import Checksum, checksum_from_headers
-from olmo_cli.hub.http import RetryPolicy, check_status, is_transient_error, session
+from olmo_cli.hub.http import RetryPolicy, as_network_error, check_status, is_transient_error, request
 
 __all__ = ["PRIMARY", "FALLBACKS", "RemoteFile", "hf_to_https", "list_checkpoint_files", "probe"]
 
@@ -39,6 +39,8 @@ class RemoteFile:
     checksum: Checksum | None = None
     ranges: bool = False
     """Whether the server answers byte-range requests (needed for chunks and resuming)."""
+    last_modified: str | None = None
+    """The version, where the server gives no strong ETag: compared with each answer, sent as If-Range."""
 
     @property
     def store(self) -> bool:
@@ -66,43 +68,50 @@ def hf_to_https(url: str, endpoint: str) -> str:
 
 def _with_retries(call: Callable[[], Any], url: str, policy: RetryPolicy) -> Any:
     failures = 0
+    give_up = time.monotonic() + policy.deadline_grace_s
     while True:
         try:
             return call()
+        except NetworkError:
+            raise
         except Exception as exc:
             if not is_transient_error(exc):
-                raise
+                raise as_network_error(exc, url) from exc
             failures += 1
-            if failures >= policy.attempts:
+            delay = policy.delay(failures)
+            if failures >= policy.attempts or time.monotonic() + delay > give_up:
                 raise NetworkError(
                     f"{url}: no answer after {failures} tries ({exc})",
                     hint="check the network, then run the same command again",
                 ) from exc
-            time.sleep(policy.delay(failures))
+            time.sleep(delay)
 
 
 def _probe_http(name: str, url: str, policy: RetryPolicy) -> RemoteFile | None:
     def head() -> Any:
-        response = session().head(url, allow_redirects=True, timeout=policy.timeout)
-        if response.status_code == 404:
-            return None
-        check_status(response, url)
-        return response
+        with request("HEAD", url, timeout=policy.timeout) as response:
+            if response.status_code == 404:
+                return None
+            check_status(response, url)
+            if response.status_code != 200:
+                raise NetworkError(f"{url}: unexpected answer HTTP {response.status_code} {response.reason}")
+            return response
 
     response = _with_retries(head, url, policy)
     if response is None:
         return None
     headers = response.headers
-    length = headers.get("Content-Length", "")
+    length = headers.get("Content-Length", "").strip()
     first = response.history[0].headers if response.history else {}
     etag = headers.get("ETag")
     return RemoteFile(
         name=name,
         url=url,
-        size=int(length) if length.isdigit() else None,
+        size=int(length) if length.isdigit() and len(length) < 19 else None,
         etag=etag if etag and not etag.startswith("W/") else None,
         checksum=checksum_from_headers(headers, first),
         ranges=headers.get("Accept-Ranges", "").lower() == "bytes",
+        last_modified=headers.get("Last-Modified") or None,
     )
 
 

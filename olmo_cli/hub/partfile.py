@@ -188,6 +188,11 @@ class PartFile:
                 os.close(fd)
         self._data_fd = self._cursor_fd = -1
 
+    def discard(self) -> None:
+        """Close and delete the part (its bytes are of an unknown version of the file)."""
+        self.close()
+        self._discard()
+
     def _discard(self) -> None:
         for path in (self.data_path, self.cursor_path, self.meta_path):
             path.unlink(missing_ok=True)
