@@ -31,6 +31,7 @@ __all__ = [
     "model_for_config",
     "official_index_url",
     "parse_index",
+    "read_index_file",
     "tokens_per_step",
 ]
 
@@ -53,7 +54,11 @@ HF_REPOS: dict[str, str] = {
 }
 HEADER = ("step", "checkpoint directory")
 INDEX_MAX_AGE_S = 24 * 3600.0
-_STEP = re.compile(r"^\d+$")
+MAX_INDEX_BYTES = 16 << 20
+"""The largest index read: upstream's biggest is well under 1 MiB (a few thousand rows)."""
+MAX_FIELD_CHARS = 8192
+"""The longest cell: a step or a URL; csv's own limit (128 KiB) is kept as the hard stop."""
+_STEP = re.compile(r"^\d{1,18}$")
 # The bucket upstream's own configs name, and the public address that serves it.
 _ALIASES = {"r2://olmo-checkpoints/": "https://olmo-checkpoints.org/"}
 
@@ -138,34 +143,94 @@ def _directory_url(raw: str, base: str | None, where: str) -> str:
     if not urlsplit(url).scheme:
         if base is None or not urlsplit(base).scheme:
             raise ConfigError(
-                f"{where}: {raw!r} is not a URL",
+                f"{where}: {_show(raw)} is not a URL",
                 hint="checkpoint directories must be URLs (https://, s3://, gs://, r2://, hf://)",
             )
         url = urljoin(base, url)  # a relative directory in an index served over HTTP
     return url if url.endswith("/") else url + "/"
 
 
+def _rows(text: str, source: str) -> list[tuple[int, list[str]]]:
+    """(line, cells) of every row; a ConfigError naming the line for what csv cannot read."""
+    reader = csv.reader(io.StringIO(text.lstrip("\ufeff")))
+    rows = []
+    try:
+        for row in reader:
+            rows.append((reader.line_num, row))
+    except csv.Error as exc:
+        problem = (
+            f"a field longer than {csv.field_size_limit()} characters (the limit)"
+            if "field limit" in str(exc)
+            else f"not a readable CSV row ({exc})"
+        )
+        raise ConfigError(
+            f"{source} line {max(reader.line_num, 1)}: {problem}",
+            hint="a checkpoint index has one 'STEP,URL' row per line",
+        ) from None
+    return rows
+
+
+def _show(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
 def parse_index(text: str, source: str) -> CheckpointIndex:
     """Rows of an index in upstream's format; a ConfigError naming the line for anything else."""
     base = source if urlsplit(source).scheme in ("http", "https") else None
-    rows = list(csv.reader(io.StringIO(text.lstrip("\ufeff"))))
-    header = tuple(cell.strip().lower() for cell in rows[0]) if rows else ()
+    if len(text) > MAX_INDEX_BYTES:
+        raise ConfigError(
+            f"{source} is not a checkpoint index: larger than {MAX_INDEX_BYTES >> 20} MiB",
+            hint="use an index in upstream's format (checkpoints/official/*.csv)",
+        )
+    rows = _rows(text, source)
+    header = tuple(cell.strip().lower() for cell in rows[0][1]) if rows else ()
     if header != HEADER:
         raise ConfigError(
             f"{source} is not a checkpoint index: the first line must be 'Step,Checkpoint Directory'",
             hint="use an index in upstream's format (checkpoints/official/*.csv)",
         )
     entries = []
-    for line, row in enumerate(rows[1:], start=2):
+    for line, row in rows[1:]:
         if not row or all(not cell.strip() for cell in row):
             continue
         where = f"{source} line {line}"
+        if any(len(cell) > MAX_FIELD_CHARS for cell in row):
+            raise ConfigError(
+                f"{where}: a field longer than {MAX_FIELD_CHARS} characters (the limit)",
+                hint="a checkpoint index has one 'STEP,URL' row per line",
+            )
         if len(row) != 2 or not _STEP.match(row[0].strip()):
-            raise ConfigError(f"{where}: expected 'STEP,URL' with a non-negative integer step, got {row}")
+            raise ConfigError(
+                f"{where}: expected 'STEP,URL' with a non-negative integer step, got {_show(row)}"
+            )
         entries.append(IndexEntry(int(row[0]), _directory_url(row[1], base, where), line))
     if not entries:
         raise ConfigError(f"{source} lists no checkpoints")
     return CheckpointIndex(source, tuple(entries))
+
+
+def read_index_file(path: Path, source: str) -> CheckpointIndex:
+    """An index from a file on disk: at most MAX_INDEX_BYTES, UTF-8, then parsed."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_INDEX_BYTES + 1)
+    except OSError as exc:
+        raise UsageError(f"cannot read the index {source}: {exc.strerror or exc}") from exc
+    if len(raw) > MAX_INDEX_BYTES:
+        raise ConfigError(
+            f"{source} is not a checkpoint index: larger than {MAX_INDEX_BYTES >> 20} MiB (the limit)",
+            hint="use an index in upstream's format (checkpoints/official/*.csv)",
+        )
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{source} line {line}: not UTF-8 text (byte {exc.start})",
+            hint="a checkpoint index is a UTF-8 CSV file with the header 'Step,Checkpoint Directory'",
+        ) from None
+    return parse_index(text, source)
 
 
 def load_index(
@@ -177,7 +242,7 @@ def load_index(
     if not urlsplit(location).scheme and not path.is_file():
         raise UsageError(f"index file {location} does not exist", hint="give a path or a URL to --index")
     if path.is_file():
-        return parse_index(path.read_text(encoding="utf-8", errors="replace"), str(path))
+        return read_index_file(path, str(path))
     from cached_path import cached_path, find_latest_cached
 
     # cached-path logs its offline fallback (and its giving up, as an error); what happened reaches the
@@ -187,7 +252,7 @@ def load_index(
     if recent is not None and time.time() - recent.stat().st_mtime < max_age_s:
         # Published indexes change a few times a year; this also spares an offline user cached-path's
         # half-minute of connection retries before it falls back to the cached copy.
-        return parse_index(recent.read_text(encoding="utf-8", errors="replace"), location)
+        return read_index_file(recent, location)
     try:
         local = Path(cached_path(location, cache_dir=cache_dir, quiet=True))
     except FileNotFoundError as exc:
@@ -197,7 +262,7 @@ def load_index(
             f"could not read the checkpoint index {location}: {type(exc).__name__}: {exc}",
             hint="check the network; an index read once is cached and used when offline",
         ) from exc
-    return parse_index(local.read_text(encoding="utf-8", errors="replace"), location)
+    return read_index_file(local, location)
 
 
 def tokens_per_step(model: str) -> int | None:
