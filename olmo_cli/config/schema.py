@@ -100,12 +100,12 @@ def _bool_for_number(value: Any, tp: Any) -> str | None:
             inner = args[0] if origin is list or args[-1] is Ellipsis else args[min(i, len(args) - 1)]
             problem = _bool_for_number(item, inner)
             if problem:
-                return f"item {i}: {problem}"
+                return f"{problem} (item {i})"
     if isinstance(value, dict) and origin is dict and len(args) == 2:
         for key, item in value.items():
             problem = _bool_for_number(item, args[1])
             if problem:
-                return f"{key}: {problem}"
+                return f"{problem} (at {key})"
     return None
 
 
