@@ -5,6 +5,7 @@ user errors (ConfigError) or, for a checkpoint's file, as CheckpointError."""
 from __future__ import annotations
 
 import codecs
+import re
 import time
 
 import pytest
@@ -189,7 +190,7 @@ def test_a_large_plain_config_with_many_interpolations_is_fast():
 def test_booleans_are_refused_for_numbers(data, expected):
     with pytest.raises(ConfigError) as info:
         validate(data, source="x.yaml")
-    assert any(__import__("re").search(expected, d) for d in info.value.details), info.value.details
+    assert any(re.search(expected, d) for d in info.value.details), info.value.details
 
 
 def test_booleans_still_work_where_upstream_allows_them():
