@@ -6,6 +6,7 @@ need them), so `olmo --help` and tab completion never import torch.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Annotated
 
@@ -73,6 +74,10 @@ def root(
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
+    if os.environ.get("WORLD_SIZE"):  # a worker of a multi-process run
+        from olmo_cli.train.launch import join_launcher
+
+        join_launcher()  # first: when the launcher is gone before this, nothing else should start
     try:
         # Not standalone: Typer's own usage errors come back to us and get the same one-line form.
         result = app(args=args, prog_name="olmo", standalone_mode=False)
@@ -93,12 +98,35 @@ def main(argv: list[str] | None = None) -> None:
 
         if debug or not isinstance(exc, OlmoError):
             raise
-        _fail(exc.message, code=exc.exit_code, details=exc.details, hint=exc.hint)
-    sys.exit(result if isinstance(result, int) else 0)
+        # On the other ranks of a multi-process run, an error rank 0 found and handed to them.
+        echoed = getattr(exc, "shown_by_main_rank", False)
+        _fail(exc.message, code=exc.exit_code, details=exc.details, hint=exc.hint, echoed=echoed)
+    _exit(result if isinstance(result, int) else 0)
 
 
-def _fail(message: str, *, code: int, details: list[str] | None = None, hint: str | None = None) -> None:
-    from olmo_cli import ui
+def _exit(code: int) -> None:
+    if os.environ.get("WORLD_SIZE"):
+        from olmo_cli.train.launch import write_report
 
-    ui.print_error(message, details=details, hint=hint)
+        write_report(code)
+    sys.exit(code)
+
+
+def _fail(
+    message: str,
+    *,
+    code: int,
+    details: list[str] | None = None,
+    hint: str | None = None,
+    echoed: bool = False,
+) -> None:
+    if os.environ.get("WORLD_SIZE"):
+        from olmo_cli.train.launch import write_report
+
+        if write_report(code, message=message, details=details, hint=hint):
+            sys.exit(code)  # the `olmo` that launched this worker shows the job's one error
+    if not echoed:
+        from olmo_cli import ui
+
+        ui.print_error(message, details=details, hint=hint)
     sys.exit(code)

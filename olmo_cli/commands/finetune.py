@@ -113,7 +113,8 @@ def finetune(
     The weights alone are loaded (upstream's load_path + reset_trainer_state + reset_optimizer_state):
     step 0, a fresh optimizer and schedule. The model comes from the checkpoint; a --preset or --config
     whose architecture differs is an error (exit 2). Otherwise this is `olmo train`: FSDP with
-    --nproc-per-node, checkpoints, metrics.jsonl, wandb; `olmo resume DIR` continues it.
+    --nproc-per-node, checkpoints, metrics.jsonl, wandb, one job per save folder, exit code 75 when
+    SIGINT/SIGTERM stopped it after saving a checkpoint; `olmo resume DIR` continues it.
 
     Defaults, each overridable with --set: optimizer AdamW, learning_rate 2e-5 (1e-4 with LoRA),
     weight_decay 0; scheduler linear_with_warmup, warmup 3% of the steps, decaying to 0 (alpha_f 0);
@@ -159,7 +160,7 @@ def finetune(
         world_size=int(os.environ.get("WORLD_SIZE") or nproc_per_node),
     )
     cfg, base = build_finetune_config(request)
-    relaunch_if_asked(nproc_per_node)
+    relaunch_if_asked(nproc_per_node, Path(cfg.save_folder))
     from olmo_cli.train.run import RunOptions
 
     if is_main_process() and not json_output:

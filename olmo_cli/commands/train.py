@@ -56,14 +56,28 @@ def is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-def relaunch_if_asked(nproc_per_node: int) -> None:
+def relaunch_if_asked(nproc_per_node: int, run_dir: Path) -> None:
     """Under torchrun already (WORLD_SIZE set) nothing happens; otherwise run this command again as
-    `nproc_per_node` processes and exit with torchrun's exit code."""
+    `nproc_per_node` processes and exit as one process would: with the code of the job's error (shown
+    once), of a stop by signal, or 0.
+
+    This process locks `run_dir` first, so a second job is refused before anything is started, and
+    holds the lock for its workers (they see its token) until they are gone.
+    """
     if nproc_per_node <= 1 or os.environ.get("WORLD_SIZE"):
         return
-    from olmo_cli.train.launch import relaunch_with_torchrun
+    from olmo_cli.dirlock import TOKEN_ENV, lock_run_dir
+    from olmo_cli.train.launch import run_workers
 
-    raise typer.Exit(relaunch_with_torchrun(nproc_per_node, sys.argv[1:]))
+    with lock_run_dir(run_dir) as lock:
+        outcome = run_workers(nproc_per_node, sys.argv[1:], env={TOKEN_ENV: lock.token})
+    if outcome.error is not None:
+        raise outcome.error.as_error()
+    if outcome.failure is not None:
+        from olmo_cli import ui
+
+        ui.print_error(outcome.failure, hint="its own output, above, says why")
+    raise typer.Exit(outcome.exit_code)
 
 
 def train(
@@ -107,8 +121,12 @@ def train(
     """Train a model from a preset or config file; with no data, on the built-in default corpus.
 
     Writes to the save folder: config.yaml, checkpoints (stepN-unsharded/, or stepN/ sharded with
-    several processes), metrics.jsonl and train_data/global_indices.npy. Ctrl-C (or SIGTERM) saves a
-    checkpoint and stops; `olmo resume DIR` continues.
+    several processes), metrics.jsonl and train_data/global_indices.npy. One job at a time per save
+    folder: a second one is refused (exit 2) naming the first. Ctrl-C (or SIGTERM) saves a checkpoint
+    and stops with exit code 75; `olmo resume DIR` continues.
+
+    Exit codes, the same with --nproc-per-node: 0 finished, 2 usage or config, 3 data, 4 checkpoint,
+    5 network, 75 stopped by SIGINT/SIGTERM after saving a checkpoint, 130 a second Ctrl-C (no save).
 
     Examples:
 
@@ -129,7 +147,7 @@ def train(
     if dry_run:
         _dry_run(loaded.config, data, nproc_per_node, device, json_output)
         return
-    relaunch_if_asked(nproc_per_node)
+    relaunch_if_asked(nproc_per_node, Path(loaded.config.save_folder))
     from olmo_cli.train.run import RunOptions
 
     if is_main_process() and not json_output:
@@ -175,7 +193,8 @@ def resume(
     """Continue a run from its newest checkpoint (or --load-path): weights, optimizer, schedule, data
     position and RNG, so on CPU the losses are those of a run that was never stopped.
 
-    The run's config.yaml is used, with --set changes on top (e.g. a later stop_at).
+    The run's config.yaml is used, with --set changes on top (e.g. a later stop_at). Exit codes as for
+    `olmo train`: 0 finished, 2-5 a user error, 75 stopped by SIGINT/SIGTERM after saving a checkpoint.
 
     Examples:
 
@@ -194,7 +213,7 @@ def resume(
     directory, checkpoint, config_file = _resume_target(run_dir, load_path)
     sets = [*(overrides or []), f"save_folder={directory}", f"load_path={checkpoint}"]
     loaded = load_config(config_file=config_file, overrides=sets, file_error=CheckpointError)
-    relaunch_if_asked(nproc_per_node)
+    relaunch_if_asked(nproc_per_node, Path(loaded.config.save_folder))
     if is_main_process() and not json_output:
         from olmo_cli import ui
 
@@ -235,15 +254,42 @@ def _resume_target(run_dir: Path | None, load_path: Path | None) -> tuple[Path, 
 
 
 def run_training(cfg: TrainConfig, options: RunOptions, json_output: bool) -> None:
+    """Runs `cfg` and exits with STOPPED_EXIT_CODE when a signal stopped it (after its checkpoint).
+
+    A single process locks the run directory here, before the data and the model are prepared, so that
+    a second job into the same directory is refused at once; under torchrun the engine locks it on rank
+    0 and hands a refusal to every rank.
+    """
+    from contextlib import nullcontext
+
     from olmo_cli.commands._train_display import TrainDisplay
+    from olmo_cli.dirlock import lock_run_dir
     from olmo_cli.train.run import run
+    from olmo_cli.train.signals import STOPPED_EXIT_CODE
 
     mode = "json" if json_output else None
-    if not is_main_process():
-        run(cfg, events=lambda event: None, options=options)
-        return
-    with TrainDisplay(mode=mode, every=_plain_every(cfg)) as display:
-        run(cfg, events=display, options=options)
+    single = not os.environ.get("WORLD_SIZE")
+    with lock_run_dir(Path(cfg.save_folder)) if single else nullcontext() as lock:
+        if lock is not None and lock.recovered is not None and not json_output:
+            from olmo_cli import ui
+
+            ended = lock.recovered.describe(held=False)
+            ui.console.print(f"took over the lock of a job that has ended: {ended}", markup=False)
+        if not is_main_process():
+            result = run(cfg, events=lambda event: None, options=options)
+        else:
+            with TrainDisplay(mode=mode, every=_plain_every(cfg)) as display:
+                result = run(cfg, events=display, options=options)
+    if result.reason == "interrupted":
+        if is_main_process() and not json_output:
+            from olmo_cli import ui
+
+            ui.console.print(
+                f"`olmo resume {result.run_dir}` continues the run (exit code {STOPPED_EXIT_CODE}: stopped "
+                "by a signal, checkpoint saved)",
+                markup=False,
+            )
+        raise typer.Exit(STOPPED_EXIT_CODE)
 
 
 def _plain_every(cfg: TrainConfig) -> int:

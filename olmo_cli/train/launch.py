@@ -1,21 +1,58 @@
-"""`olmo train --nproc-per-node N`: re-run the same command under torchrun on this node.
+"""`olmo train --nproc-per-node N`: re-run the same command as N processes on this node.
 
-torchrun (torch.distributed.run) starts N copies of `python -m olmo_cli <same arguments>`, sets RANK,
-WORLD_SIZE, LOCAL_RANK and the rendezvous address for each, restarts nothing, and relays signals to them.
+The process tree is `olmo` (the parent) -> `python -m olmo_cli.train.launch` (torchrun's agent, run
+in-process by this module) -> N x `python -m olmo_cli <same arguments>` (the workers: RANK, WORLD_SIZE,
+LOCAL_RANK and the rendezvous address set, torchrun's `--standalone` local rendezvous on a free port).
 Multi-node runs call torchrun directly (with --nnodes and a rendezvous endpoint); this is the one-node
-shortcut, using torchrun's `--standalone` local rendezvous on a free port.
+shortcut, and what it adds over plain torchrun is that the job behaves like one process:
+
+- Nothing outlives the parent. Each launched process asks the kernel for SIGKILL when its parent dies
+  (Linux `PR_SET_PDEATHSIG`; a watchdog thread elsewhere), so `kill -9` of `olmo` takes the agent with it
+  and the agent's death takes the workers: no orphan keeps training and races a later `olmo resume`.
+- One error, one exit code. Every worker writes how it ended (exit code, and its OlmoError if any) to a
+  report file the parent reads; no worker prints a user error, the parent prints the one that matters
+  (rank 0's, else the lowest rank's) once and exits with its code, as a single process would. torchrun's
+  own failure summary and log lines are not shown (they are with `--debug`).
+- Signals: SIGINT and SIGTERM sent to the parent go to the agent once (it runs in its own session, so a
+  terminal's Ctrl-C does not reach the workers twice), which relays them to every worker; they save a
+  checkpoint and exit with the code for "stopped" (olmo_cli.train.signals), and so does the parent.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
+from typing import Any
 
-__all__ = ["strip_nproc_option", "torchrun_argv", "relaunch_with_torchrun"]
+from olmo_cli.errors import OlmoError
+
+__all__ = [
+    "LaunchOutcome",
+    "RankReport",
+    "die_with_parent",
+    "join_launcher",
+    "relaunch_with_torchrun",
+    "run_workers",
+    "strip_nproc_option",
+    "torchrun_argv",
+    "write_report",
+]
 
 _OPTION_NAMES = ("--nproc-per-node", "--nproc_per_node")
+PARENT_ENV = "OLMO_LAUNCHED_BY_PID"  # the PID that a launched process must have as its parent
+REPORTS_ENV = "OLMO_RANK_REPORTS"  # the directory where each worker records how it ended
+_LAUNCHER_REPORT = "launcher.json"
+_PR_SET_PDEATHSIG = 1
 
 
 def strip_nproc_option(argv: list[str]) -> list[str]:
@@ -40,14 +77,15 @@ def torchrun_argv(nproc_per_node: int, argv: list[str]) -> list[str]:
     """The command that runs `olmo <argv>` as `nproc_per_node` processes on this node.
 
     `argv` is the olmo command line after the program name (e.g. `["train", "--preset", "tiny",
-    "--nproc-per-node", "2"]`); its `--nproc-per-node` is removed.
+    "--nproc-per-node", "2"]`); its `--nproc-per-node` is removed. The arguments after the module name
+    are torchrun's own.
     """
     if nproc_per_node < 1:
         raise ValueError(f"nproc_per_node must be at least 1, got {nproc_per_node}")
     return [
         sys.executable,
         "-m",
-        "torch.distributed.run",
+        "olmo_cli.train.launch",
         "--standalone",
         "--nproc-per-node",
         str(nproc_per_node),
@@ -57,16 +95,17 @@ def torchrun_argv(nproc_per_node: int, argv: list[str]) -> list[str]:
     ]
 
 
-def relaunch_with_torchrun(nproc_per_node: int, argv: list[str]) -> int:
-    """Runs `torchrun_argv(...)` and returns its exit code.
+def relaunch_with_torchrun(nproc_per_node: int, argv: list[str], *, env: dict[str, str] | None = None) -> int:
+    """Runs `torchrun_argv(...)` (with `env` added to ours) and returns its exit code.
 
-    torchrun runs in its own session, so a Ctrl-C from the terminal reaches it only through us, once:
-    SIGINT and SIGTERM sent to this process are forwarded to torchrun, which relays them to every
-    worker (which then save a checkpoint and exit). Without the separate session each worker would get
-    the terminal's SIGINT directly and a second one from torchrun. torchrun SIGKILLs workers that have not
+    The agent runs in its own session, so a Ctrl-C from the terminal reaches it only through us, once:
+    SIGINT and SIGTERM sent to this process are forwarded to it, and it relays them to every worker
+    (which then save a checkpoint and exit). Without the separate session each worker would get the
+    terminal's SIGINT directly and a second one from the agent. The agent SIGKILLs workers that have not
     exited 30 s after relaying a signal.
     """
-    child = subprocess.Popen(torchrun_argv(nproc_per_node, argv), start_new_session=True)
+    child_env = {**os.environ, **(env or {}), PARENT_ENV: str(os.getpid())}
+    child = subprocess.Popen(torchrun_argv(nproc_per_node, argv), start_new_session=True, env=child_env)
 
     def forward(signum: int, frame: FrameType | None) -> None:
         if child.poll() is None:
@@ -78,3 +117,210 @@ def relaunch_with_torchrun(nproc_per_node: int, argv: list[str]) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+# ---- how the job ended ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RankReport:
+    """How one worker ended: its exit code and, for a user error, the error as it would have shown it."""
+
+    rank: int
+    exit_code: int
+    message: str | None = None
+    details: tuple[str, ...] = ()
+    hint: str | None = None
+
+    def as_error(self) -> OlmoError:
+        error = OlmoError(self.message or "", hint=self.hint, details=list(self.details))
+        error.exit_code = self.exit_code
+        return error
+
+    @classmethod
+    def parse(cls, data: Any) -> RankReport | None:
+        if not isinstance(data, dict):
+            return None
+        rank, code, message = data.get("rank"), data.get("exit_code"), data.get("message")
+        details, hint = data.get("details") or [], data.get("hint")
+        if not (isinstance(rank, int) and isinstance(code, int) and 0 <= code <= 255):
+            return None
+        if not (message is None or isinstance(message, str)) or not (hint is None or isinstance(hint, str)):
+            return None
+        if not (isinstance(details, list) and all(isinstance(d, str) for d in details)):
+            return None
+        return cls(rank, code, message, tuple(details), hint)
+
+
+@dataclass(frozen=True)
+class LaunchOutcome:
+    """What the parent reports: an exit code and either the one error to show, or (when a worker died
+    without saying why, e.g. killed) a description of that failure."""
+
+    exit_code: int
+    error: RankReport | None = None
+    failure: str | None = None
+
+
+def run_workers(nproc_per_node: int, argv: list[str], *, env: dict[str, str] | None = None) -> LaunchOutcome:
+    """`relaunch_with_torchrun`, and how the job ended according to its workers' reports."""
+    reports = Path(tempfile.mkdtemp(prefix="olmo-ranks-"))
+    try:
+        code = relaunch_with_torchrun(nproc_per_node, argv, env={**(env or {}), REPORTS_ENV: str(reports)})
+        return _outcome(code, reports)
+    finally:
+        shutil.rmtree(reports, ignore_errors=True)
+
+
+def _outcome(launcher_code: int, reports: Path) -> LaunchOutcome:
+    ranks = sorted(
+        (r for r in (_read_report(p) for p in reports.glob("rank*.json")) if r is not None),
+        key=lambda r: r.rank,
+    )
+    errors = [r for r in ranks if r.message is not None]
+    if errors:
+        return LaunchOutcome(errors[0].exit_code, error=errors[0])
+    main = next((r for r in ranks if r.rank == 0), None)
+    if main is not None and main.exit_code != 0:  # e.g. stopped by a signal after saving
+        return LaunchOutcome(main.exit_code)
+    if launcher_code == 0:
+        return LaunchOutcome(0)
+    code = launcher_code if launcher_code > 0 else 128 - launcher_code
+    return LaunchOutcome(code, failure=_launcher_failure(reports, code))
+
+
+def _read_report(path: Path) -> RankReport | None:
+    try:
+        return RankReport.parse(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        return None
+
+
+def _launcher_failure(reports: Path, code: int) -> str:
+    try:
+        data = json.loads((reports / _LAUNCHER_REPORT).read_text(encoding="utf-8"))
+        rank, pid, exitcode = int(data["rank"]), int(data["pid"]), int(data["exitcode"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"the worker processes failed (exit code {code})"
+    if exitcode < 0:
+        return f"rank {rank} (PID {pid}) was killed by {_signal_name(-exitcode)}"
+    return f"rank {rank} (PID {pid}) failed with exit code {exitcode}"
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def write_report(
+    exit_code: int, *, message: str | None = None, details: list[str] | None = None, hint: str | None = None
+) -> bool:
+    """In a worker started by `run_workers`: records how this rank ends, for the parent. Returns whether
+    it did (then the parent shows `message`, and this process should not)."""
+    directory, rank = os.environ.get(REPORTS_ENV), os.environ.get("RANK")
+    if not directory or not os.environ.get("WORLD_SIZE") or rank is None or not rank.isdigit():
+        return False
+    record = {"rank": int(rank), "exit_code": exit_code, "message": message, "details": details, "hint": hint}
+    path = Path(directory) / f"rank{int(rank)}.json"
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(json.dumps(record), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:
+        return False  # the parent is gone or its directory with it: show the error ourselves
+    return True
+
+
+# ---- dying with the parent -----------------------------------------------------------------------------
+
+
+def die_with_parent(expected_parent: int) -> None:
+    """Makes this process die (SIGKILL) when its parent does; if the parent is already gone (it is not
+    `expected_parent` any more), dies now.
+
+    On Linux the kernel does it (PR_SET_PDEATHSIG, which fires when the parent *thread* that started us
+    exits: our parents start children from their main thread). Elsewhere a daemon thread polls getppid.
+    """
+    if sys.platform.startswith("linux") and _set_pdeathsig(signal.SIGKILL):
+        if os.getppid() != expected_parent:  # it died before the request was in place
+            os.kill(os.getpid(), signal.SIGKILL)
+        return
+    if os.getppid() != expected_parent:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def watch() -> None:
+        while os.getppid() == expected_parent:
+            time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="olmo-parent-watch", daemon=True).start()
+
+
+def _set_pdeathsig(signum: int) -> bool:
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(_PR_SET_PDEATHSIG, int(signum), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def join_launcher() -> None:
+    """In a worker: when our launcher started it, die with the launcher."""
+    expected = os.environ.get(PARENT_ENV, "")
+    if os.environ.get("WORLD_SIZE") and expected.isdigit():
+        die_with_parent(int(expected))
+
+
+# ---- the launcher process --------------------------------------------------------------------------------
+
+
+def _quiet_torchrun() -> None:
+    """torchrun's log lines and failure summary repeat, in its own words, what the parent reports."""
+    import logging
+
+    for name in ("torch.distributed.run", "torch.distributed.elastic", "torch.distributed.launcher"):
+        logger = logging.getLogger(name)
+        logger.addHandler(logging.NullHandler())
+        logger.propagate = False
+
+
+def _write_launcher_report(rank: int, pid: int, exitcode: int) -> None:
+    directory = os.environ.get(REPORTS_ENV)
+    if directory:
+        record = {"rank": rank, "pid": pid, "exitcode": exitcode}
+        try:
+            (Path(directory) / _LAUNCHER_REPORT).write_text(json.dumps(record), encoding="utf-8")
+        except OSError:
+            pass
+
+
+def _launcher_main(args: list[str]) -> int:
+    expected = os.environ.get(PARENT_ENV, "")
+    if expected.isdigit():
+        die_with_parent(int(expected))
+    os.environ[PARENT_ENV] = str(os.getpid())  # the workers' parent is this process
+    # torchrun's default for several processes per node, set here so that it does not announce it.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if "--debug" not in args:
+        _quiet_torchrun()
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    try:
+        run(parse_args(args))
+    except ChildFailedError as e:
+        rank, failure = e.get_first_failure()
+        _write_launcher_report(rank, failure.pid, failure.exitcode)
+        return failure.exitcode if failure.exitcode > 0 else 128 - failure.exitcode
+    except SignalException as e:  # relayed to the workers, which have exited
+        return 128 + int(e.sigval)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_launcher_main(sys.argv[1:]))

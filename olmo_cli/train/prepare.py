@@ -20,6 +20,7 @@ from olmo_cli.config.yamlio import dump_yaml
 from olmo_cli.data.dataset import MemmapDataset
 from olmo_cli.data.paths import expand_data_paths, is_url
 from olmo_cli.data.summary import check_vocab
+from olmo_cli.dirlock import DirectoryLock, lock_run_dir
 from olmo_cli.errors import ConfigError, DataError, OlmoError
 from olmo_cli.train.distributed import World, broadcast_object
 from olmo_cli.train.events import DataProgress, EventSink, Message
@@ -30,6 +31,7 @@ __all__ = [
     "claim_run_dir",
     "config_yaml",
     "on_main",
+    "release_run_dirs",
     "resolve_data",
 ]
 
@@ -54,7 +56,10 @@ def on_main(world: World, fn: Callable[[], T]) -> T:
             result = ("error", e)
     result = broadcast_object(result, world)
     if result[0] == "error":
-        raise result[1]
+        error = result[1]
+        if not world.is_main:
+            error.shown_by_main_rank = True  # one message for the job: app.py lets rank 0 show it
+        raise error
     return result[1]
 
 
@@ -180,18 +185,51 @@ def _checkpoints(run_dir: Path) -> list[Path]:
     return [p for p in run_dir.iterdir() if parse_step(p.name) is not None and p.is_dir()]
 
 
+# The locks claim_run_dir took in this process, given up by release_run_dirs when the run ends.
+_claimed: list[DirectoryLock] = []
+
+
 def claim_run_dir(cfg: TrainConfig, text: str, *, continuing: bool, events: EventSink) -> Path:
-    """Checks that `save_folder` may hold this run, then writes its config.yaml (main rank only).
+    """Locks `save_folder` for this run, checks that it may hold the run, then writes its config.yaml
+    (main rank only). The lock is held until `release_run_dirs()`.
 
     A fresh run refuses a folder that holds another run (a different config.yaml, or checkpoints) unless
     `save_overwrite`, which first removes the old run's checkpoints, pointers and metrics. A run that
     continues from a checkpoint in this folder (`olmo resume`) replaces config.yaml with its own.
     """
-    from olmo_cli.atomic import atomic_write_text
-
     run_dir = Path(cfg.save_folder)
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"save_folder {run_dir} is a file", hint="--save-folder DIR names a directory")
+    lock = lock_run_dir(run_dir)
+    try:
+        _check_and_write(cfg, run_dir, text, continuing=continuing, events=events)
+    except BaseException:
+        lock.release()
+        raise
+    _claimed.append(lock)
+    if lock.recovered is not None:
+        events(Message(f"took over the lock of a job that has ended: {lock.recovered.describe(held=False)}"))
+    if lock.unsupported:
+        events(
+            Message(
+                f"{run_dir}'s file system cannot lock files: a second job writing here would not be noticed",
+                level="warning",
+            )
+        )
+    return run_dir
+
+
+def release_run_dirs() -> None:
+    """Gives up the run directories claim_run_dir locked in this process (at the end of a run)."""
+    while _claimed:
+        _claimed.pop().release()
+
+
+def _check_and_write(
+    cfg: TrainConfig, run_dir: Path, text: str, *, continuing: bool, events: EventSink
+) -> None:
+    from olmo_cli.atomic import atomic_write_text
+
     saved = run_dir / "config.yaml"
     if not continuing and run_dir.is_dir():
         existing = _checkpoints(run_dir)
@@ -207,9 +245,7 @@ def claim_run_dir(cfg: TrainConfig, text: str, *, continuing: bool, events: Even
         if existing and cfg.save_overwrite:
             _remove_old_run(run_dir, existing)
             events(Message(f"save_overwrite: removed {len(existing)} checkpoint(s) of the previous run"))
-    run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(saved, text)
-    return run_dir
 
 
 def _remove_old_run(run_dir: Path, checkpoints: list[Path]) -> None:

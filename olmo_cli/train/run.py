@@ -34,7 +34,14 @@ from olmo_cli.train.events import Event, EventSink, Message, RunFinished, RunSta
 from olmo_cli.train.loader import RUN_ORDER_FILE, BatchLoader
 from olmo_cli.train.loop import Schedule, StopReason, Trainer, autocast_dtype
 from olmo_cli.train.plan import batch_split
-from olmo_cli.train.prepare import check_data, claim_run_dir, config_yaml, on_main, resolve_data
+from olmo_cli.train.prepare import (
+    check_data,
+    claim_run_dir,
+    config_yaml,
+    on_main,
+    release_run_dirs,
+    resolve_data,
+)
 from olmo_cli.train.restore import (
     Restored,
     checkpoint_to_load,
@@ -92,6 +99,8 @@ def run(cfg: TrainConfig, *, events: EventSink, options: RunOptions | None = Non
     except BaseException:
         close_world(world)
         raise
+    finally:
+        release_run_dirs()
     close_world(world, synchronize=True)
     return result
 

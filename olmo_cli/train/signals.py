@@ -5,6 +5,11 @@ each step; it then saves a checkpoint and returns. A second Ctrl-C means "now": 
 KeyboardInterrupt at once (the checkpoint being written, if any, stays a `-tmp` directory, never a
 partial one under a final name). Handlers can only be installed from the main thread; elsewhere (a
 test runner's worker thread) stopping by signal is simply not available.
+
+A run stopped this way exits with `STOPPED_EXIT_CODE` (75, BSD's EX_TEMPFAIL: "try again later"), the
+same for SIGINT and SIGTERM and for one process or N under `--nproc-per-node`, so that a script or
+scheduler tells "stopped, checkpoint saved, `olmo resume` continues" from "finished" (0), from a user
+error (2-5) and from a kill without a checkpoint (130 for the second Ctrl-C, 128+N for signal N).
 """
 
 from __future__ import annotations
@@ -15,8 +20,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
 
-__all__ = ["StopRequest", "stop_on_signals"]
+__all__ = ["STOPPED_EXIT_CODE", "StopRequest", "stop_on_signals"]
 
+STOPPED_EXIT_CODE = 75
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 

@@ -197,7 +197,7 @@ def test_a_signal_saves_a_checkpoint_and_exits_cleanly(tmp_path, data, sig):
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 0, err
+    assert proc.returncode == 75, err  # "stopped, checkpoint saved": not 0, which means finished
     assert "stopped by a signal" in out
     last = _records(run_dir)[-1]["step"]
     assert (run_dir / f"step{last}-unsharded").is_dir()

@@ -102,7 +102,7 @@ def test_torchrun_argv(argv):
     assert torchrun_argv(2, argv) == [
         sys.executable,
         "-m",
-        "torch.distributed.run",
+        "olmo_cli.train.launch",  # torchrun's agent, run in-process by olmo's launcher
         "--standalone",
         "--nproc-per-node",
         "2",
