@@ -70,3 +70,60 @@ def check_output_dir(output: Path | str, overwrite: bool) -> None:
         raise UsageError(f"--output {output} is a file")
     if output.is_dir() and any(output.iterdir()) and not overwrite:
         raise UsageError(f"--output {output} already exists and is not empty", hint="pass --overwrite")
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it (Linux exposes it in /proc; elsewhere it is set and
+    put back at once)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def give_umask_mode(path: Path | str) -> None:
+    """Gives a file written by a library that creates it 0600 (safetensors) the mode of any other file."""
+    os.chmod(path, 0o666 & ~current_umask())
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """ENOSPC/EDQUOT, also as reported by libraries that wrap the OS error in their own (safetensors)."""
+    import errno
+
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(error)
+    return "No space left on device" in text or "Disk quota exceeded" in text or "StorageFull" in text
+
+
+def disk_full_error(path: Path | str, needed: int | None, error_class: type | None = None) -> Exception:
+    """The one message for a write that ran out of space: where, how much it needed, how much is free."""
+    import shutil
+
+    from olmo_cli.errors import CheckpointError
+
+    path = Path(path)
+    probe = next((p for p in (path, *path.parents) if p.exists()), Path("."))
+    try:
+        free = shutil.disk_usage(probe).free
+    except OSError:
+        free = None
+    need = f"it needs about {_size(needed)}" if needed else "it needs more space"
+    have = f", {_size(free)} is free" if free is not None else ""
+    cls = error_class or CheckpointError
+    return cls(
+        f"no space left on the device while writing {path}: {need}{have}",
+        hint="free some space (or write elsewhere) and run the command again; nothing partial was kept",
+    )
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"

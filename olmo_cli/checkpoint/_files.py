@@ -7,7 +7,7 @@ import secrets
 from collections.abc import Callable
 from pathlib import Path
 
-from olmo_cli.atomic import fsync_dir
+from olmo_cli.atomic import fsync_dir, give_umask_mode
 
 __all__ = ["fsync_file", "write_atomically"]
 
@@ -26,6 +26,7 @@ def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         write(tmp)
+        give_umask_mode(tmp)
         fsync_file(tmp)
         os.replace(tmp, path)
     except BaseException:

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from olmo_cli.atomic import fsync_dir
+from olmo_cli.atomic import disk_full_error, fsync_dir, is_disk_full
 from olmo_cli.checkpoint._files import fsync_file
 from olmo_cli.checkpoint.dcp_safe import SafeLoadPlanner, SafeReader
 from olmo_cli.checkpoint.safe_pickle import check_plain, load_trainer_pickle
@@ -210,20 +210,31 @@ def write_sharded(
     if optim is not None:
         state["optim"] = {"state": _optim_tensors(optim)}
     writer = _writer(tmp / MODEL_AND_OPTIM)
-    _dcp_call(
-        lambda: dcp.save(state, storage_writer=writer, no_dist=not world.is_distributed),
-        f"writing checkpoint {final}",
-    )
 
     def local_files() -> None:
         _torch_save(dict(trainer_state), tmp / TRAIN / f"rank{world.rank}.pt")
         if world.is_main:
             _write_small_files(tmp, optim, config_yaml)
 
-    _run_everywhere(local_files, world, "writing the trainer state")
-    _run_everywhere(
-        lambda: _publish(tmp, final) if world.is_main else None, world, "publishing the checkpoint"
-    )
+    try:
+        _dcp_call(
+            lambda: dcp.save(state, storage_writer=writer, no_dist=not world.is_distributed),
+            f"writing checkpoint {final}",
+        )
+        _run_everywhere(local_files, world, "writing the trainer state")
+        _run_everywhere(
+            lambda: _publish(tmp, final) if world.is_main else None, world, "publishing the checkpoint"
+        )
+    except BaseException as e:
+        # Every rank gets here together (the calls above fail everywhere at once): the main rank removes
+        # the partial directory, so a full disk is not kept full by it.
+        if world.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if is_disk_full(e):
+            from olmo_cli.checkpoint.unsharded import state_bytes
+
+            raise disk_full_error(final, state_bytes(state)) from None
+        raise
     return final
 
 

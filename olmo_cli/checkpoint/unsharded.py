@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from olmo_cli.atomic import fsync_dir
+from olmo_cli.atomic import disk_full_error, fsync_dir, is_disk_full
 from olmo_cli.checkpoint._files import fsync_file
 from olmo_cli.checkpoint.layout import parse_step, resolve_state_file
 from olmo_cli.checkpoint.model_state import check_model_state, normalize_model_state
@@ -160,11 +160,27 @@ def write_unsharded(
         _write_contents(tmp, model_state, optim_state, trainer_state, config_yaml_text, safetensors)
         fsync_dir(tmp)
         _move_into_place(tmp, final)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if is_disk_full(e):
+            raise disk_full_error(final, state_bytes(model_state, optim_state)) from None
         raise
     fsync_dir(final.parent)
     return final
+
+
+def state_bytes(*states: Any) -> int:
+    """Bytes of every tensor in (nested) state dicts: about what writing them takes on disk."""
+    total, stack = 0, list(states)
+    while stack:
+        item = stack.pop()
+        if isinstance(item, torch.Tensor):
+            total += item.numel() * item.element_size()
+        elif isinstance(item, Mapping):
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return total
 
 
 def _move_into_place(tmp: Path, final: Path) -> None:

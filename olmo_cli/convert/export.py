@@ -23,7 +23,14 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from olmo_cli.atomic import atomic_write_text, check_output_dir, fsync_dir
+from olmo_cli.atomic import (
+    atomic_write_text,
+    check_output_dir,
+    disk_full_error,
+    fsync_dir,
+    give_umask_mode,
+    is_disk_full,
+)
 from olmo_cli.convert.hf import hf_config_dict, to_hf_state_dict
 from olmo_cli.errors import UsageError
 
@@ -82,6 +89,7 @@ def _write_weights(
     done = 0
     for name, keys in zip(names, shards, strict=True):
         save_file({k: tensors[k] for k in keys}, str(tmp / name), metadata={"format": "pt"})
+        give_umask_mode(tmp / name)
         done += sum(tensors[k].numel() * tensors[k].element_size() for k in keys)
         if progress is not None:
             progress(done, total)
@@ -199,8 +207,10 @@ def export_hf(
             atomic_write_text(tmp / name, text)
         fsync_dir(tmp)
         _move_into_place(tmp, output)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if is_disk_full(e):
+            raise disk_full_error(output, sum(t.nbytes for t in tensors.values())) from None
         raise
     total = sum(t.numel() * t.element_size() for t in tensors.values())
     return ExportResult(output, shards, total, dtype, warnings)

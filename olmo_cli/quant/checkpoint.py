@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from olmo_cli.atomic import check_output_dir, fsync_dir
+from olmo_cli.atomic import check_output_dir, disk_full_error, fsync_dir, give_umask_mode, is_disk_full
 from olmo_cli.checkpoint._files import fsync_file
 from olmo_cli.errors import CheckpointError
 from olmo_cli.quant.settings import METADATA_KEY, SETTINGS_FILE, WEIGHTS_FILE, QuantLayout
@@ -68,6 +68,7 @@ def write_quantized(
         # change from run to run.
         metadata = {METADATA_KEY: json.dumps(layout.as_dict(), sort_keys=True)}
         save_file({k: v.contiguous() for k, v in tensors.items()}, tmp / WEIGHTS_FILE, metadata=metadata)
+        give_umask_mode(tmp / WEIGHTS_FILE)
         files = {SETTINGS_FILE: layout.to_json(), "config.yaml": config_yaml_text}
         if tokenizer_json is not None:
             files[TOKENIZER_FILE] = tokenizer_json
@@ -83,8 +84,10 @@ def write_quantized(
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, output)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if is_disk_full(e):
+            raise disk_full_error(output, sum(t.nbytes for t in tensors.values())) from None
         raise
     fsync_dir(output.parent)
     return output
