@@ -280,7 +280,13 @@ class PartWriter:
             "next": [result.input_index, next_line] if result is not None else None,
             "counts": counts.as_dict(),
         }
-        atomic_write_text(self.state / f"{stem}.json", _dumps(record))
+        try:
+            atomic_write_text(self.state / f"{stem}.json", _dumps(record))
+        except BaseException:
+            # Without its record the part is not a result (a re-run rewrites it): give its space back.
+            for name in names:
+                (self.root / name).unlink(missing_ok=True)
+            raise
         self.records.append(record)
 
     # ---- the end ------------------------------------------------------------------------------------
@@ -326,6 +332,6 @@ class PartWriter:
         self._tmp_paths = []
 
     def bytes_on_disk(self) -> int:
-        """What the finished parts and the open part's temporary files take now."""
-        paths = [*self.root.glob("part-*"), *self._tmp_paths]
-        return sum(p.stat().st_size for p in paths if p.is_file())
+        """What the finished parts' files take."""
+        names = [r[key] for r in self.records for key in ("path", "docs", "label_mask") if r.get(key)]
+        return sum((self.root / n).stat().st_size for n in names if (self.root / n).is_file())

@@ -145,8 +145,9 @@ def tokenize(
                 if result.error:
                     raise DataError(result.error, hint=_bad_hint(options))
                 bad_examples += [f"{files[result.input_index].name}:{ln}: {what}" for ln, what in result.bad]
-                writer.add(result)
                 spent.done = sum(sizes[: result.input_index]) + result.end_offset
+                spent.tokens = writer.counts.tokens + int(result.lengths.sum())
+                writer.add(result)
                 if on_progress:
                     c, n_files = writer.counts, len(writer.records)
                     total = spent.input_bytes
@@ -169,7 +170,8 @@ class _Spent:
     """How far a run got: what a full disk's message estimates the space needed from."""
 
     input_bytes: int
-    done: int = 0  # input bytes read (as stored) when the last chunk was written
+    done: int = 0  # input bytes read (as stored) up to the end of the chunk being written
+    tokens: int = 0  # tokens those inputs give
     writer: parts.PartWriter | None = None
 
 
@@ -193,13 +195,13 @@ def _disk_full(root: Path, spent: _Spent, exc: OSError) -> DataError:
     except OSError:
         free = "the free space could not be read"
     reason = "disk quota exceeded" if exc.errno == errno.EDQUOT else "no space left on the device"
-    if writer is not None and spent.done and writer.counts.tokens:
+    if writer is not None and spent.done and spent.tokens:
         finished_tokens = sum(int(r["tokens"]) for r in writer.records)
         per_token = on_disk / finished_tokens if finished_tokens else writer.dtype.itemsize + writer.chat
-        tokens = writer.counts.tokens * spent.input_bytes / spent.done
+        tokens = spent.tokens * spent.input_bytes / spent.done
         need = f"about {_size(tokens * per_token)} in all (estimated from the inputs read so far)"
     else:
-        need = f"roughly the inputs' size, {_size(spent.input_bytes)}, or less (nothing was written yet)"
+        need = f"roughly the inputs' size, {_size(spent.input_bytes)}, or less (no input was read yet)"
     return DataError(
         f"{reason} writing token files to {root}: they need {need}; {_size(on_disk)} of finished "
         f"files are kept there, and {free}",
