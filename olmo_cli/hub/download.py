@@ -324,6 +324,7 @@ def _run_pool(run: _Run, plans: Sequence[CheckpointPlan], jobs_by_step: dict[int
 def _disk_full(exc: DiskFull, run: _Run, plans: Sequence[CheckpointPlan]) -> CheckpointError:
     """The disk filled up during the download: how much is needed, and what is kept for the rerun."""
     need = kept = 0
+    unknown = False  # a file whose size the server did not say
     for plan in plans:
         if plan.complete or plan.step in run.finished:
             continue
@@ -333,6 +334,7 @@ def _disk_full(exc: DiskFull, run: _Run, plans: Sequence[CheckpointPlan]) -> Che
             continue
         for job in jobs:
             if job.verified_by is None:
+                unknown = unknown or job.remote.size is None
                 need += max((job.remote.size or 0) - job.part.done(), 0)
                 kept += job.part.done()
             else:
@@ -340,12 +342,15 @@ def _disk_full(exc: DiskFull, run: _Run, plans: Sequence[CheckpointPlan]) -> Che
     root = _existing(plans[0].final.parent)
     free = shutil.disk_usage(root).free
     partial = ", ".join(str(p.partial) for p in plans if p.step not in run.finished and not p.complete)
+    still = f"{'at least ' if unknown else ''}{_size(need)} ({need} bytes) still to download"
+    if unknown:
+        still += " (the server did not say every file's size)"
     return CheckpointError(
-        f"disk full writing {exc.path}: {_size(need)} ({need} bytes) still to download, "
-        f"{_size(free)} free in {root}",
+        f"disk full writing {exc.path}: {still}, {_size(free)} free in {root}",
         details=[f"the {_size(kept)} downloaded so far are kept in {partial}"],
         hint=f"free at least {_size(max(need - free, 1))} there, then run the same command again: it "
-        "resumes where it stopped (or delete the .partial directory to give back its space)",
+        + ("fetches again what it cannot resume" if unknown else "resumes where it stopped")
+        + " (or delete the .partial directory to give back its space)",
     )
 
 
