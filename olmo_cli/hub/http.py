@@ -60,6 +60,7 @@ class RetryPolicy:
     """Longest time one file may take, all tries and waits included; None: `deadline_grace_s` plus the
     time its size takes at `min_rate`."""
     deadline_grace_s: float = 120.0
+    """Also the longest time a request may go on failing without progress (silence, a trickle)."""
 
     def delay(self, failures: int) -> float:
         """Seconds to wait before try `failures + 1`: doubling, capped, with "equal jitter"."""

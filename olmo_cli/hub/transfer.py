@@ -129,6 +129,7 @@ def fetch_chunk(job: Job, i: int, fetcher: Fetcher) -> None:
     policy = fetcher.policy
     job.start_clock(policy)
     failures = 0
+    progressed = time.monotonic()  # when a try last moved a window's worth of bytes
     while True:
         start, end = job.part.position(i)
         if end is not None and start >= end:
@@ -153,13 +154,19 @@ def fetch_chunk(job: Job, i: int, fetcher: Fetcher) -> None:
                 raise as_network_error(exc, job.remote.url) from exc
             # Only a try that moved a window's worth resets the count: a trickle is not progress.
             moved = job.part.cursors[i] - before
-            failures = 1 if moved >= policy.progress_bytes else failures + 1
-            if failures >= policy.attempts:
+            if moved >= policy.progress_bytes:
+                failures, progressed = 1, time.monotonic()
+            else:
+                failures += 1
+            delay = policy.delay(failures)
+            stalled = time.monotonic() - progressed
+            # A silent or trickling server makes no progress however the tries end: bound that time too.
+            if failures >= policy.attempts or stalled + delay > policy.deadline_grace_s:
                 raise NetworkError(
-                    f"{job.remote.url}: giving up after {failures} failed tries in a row: {_reason(exc)}",
+                    f"{job.remote.url}: giving up after {failures} failed tries in a row "
+                    f"({stalled:.0f}s without progress): {_reason(exc)}",
                     hint="check the network, then run the same command again: it continues where it stopped",
                 ) from exc
-            delay = policy.delay(failures)
             fetcher.report(Retrying(job.key, job.remote.url, failures, _reason(exc), delay))
             if fetcher.cancel.wait(max(0.0, min(delay, job.left()))):
                 raise Cancelled from None

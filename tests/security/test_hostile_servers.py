@@ -272,12 +272,32 @@ def test_a_server_silent_after_its_headers_ends_at_the_deadline(server: Hostile,
     assert_not_committed(dest)
 
 
+@pytest.mark.parametrize("kind", ["silent", "trickle"])
+def test_tries_without_progress_end_after_the_grace_time(server: Hostile, tmp_path: Path, kind: str) -> None:
+    """No deadline set and tries to spare: the time without progress alone ends it (by default 120 s)."""
+    server.behave[MODEL] = lambda r: (
+        r.honest() if r.head else r.silent() if kind == "silent" else r.trickle(0.2)
+    )
+    policy = RetryPolicy(
+        attempts=1000,
+        backoff_s=0.01,
+        read_timeout_s=0.5,
+        min_rate=100.0,
+        rate_window_s=0.5,
+        deadline_grace_s=2.5,
+    )
+    start = time.monotonic()
+    with pytest.raises(NetworkError, match="without progress"):
+        engine(server, tmp_path / "dest", options(policy))
+    assert time.monotonic() - start < 2.5 + 2, time.monotonic() - start
+
+
 def test_the_default_limits_bound_a_trickle_and_silence() -> None:
     """What a user gets without setting anything: no file waits forever on a server."""
     policy = RetryPolicy()
     assert 0 < policy.min_rate and 0 < policy.rate_window_s <= 60 and policy.read_timeout_s <= 60
     # silence: every try ends at the read timeout, and the deadline of a small file comes first
-    assert policy.file_deadline(1000) <= 300
+    assert policy.file_deadline(1000) <= 300 and policy.deadline_grace_s <= 180
     assert policy.file_deadline(10 << 30) == pytest.approx(
         policy.deadline_grace_s + (10 << 30) / policy.min_rate
     )
