@@ -138,8 +138,15 @@ def tokenize_command(
         eos_token_id=eos_token_id,
         processes=processes,
     )
+    from olmo_cli.dirlock import lock_directory
+
     rates = {"documents": "docs", "tokens": "tok"}
-    with ui.progress("tokenizing", None, rates=rates, enabled=not quiet) as update:
+    # One tokenize per output directory: a second one is refused (exit 2) naming the first.
+    busy = "wait for it to end (the same command then finds the work done), or choose another --output"
+    with (
+        lock_directory(output, busy_hint=busy),
+        ui.progress("tokenizing", None, rates=rates, enabled=not quiet) as update,
+    ):
 
         def on_progress(p: Any) -> None:  # a TokenizeProgress
             update(p.bytes_done, total=p.bytes_total, documents=p.documents, tokens=p.tokens)
