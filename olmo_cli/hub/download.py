@@ -28,6 +28,7 @@ from olmo_cli.hub.index import IndexEntry
 from olmo_cli.hub.listing import RemoteFile, list_checkpoint_files
 from olmo_cli.hub.partfile import PartFile, bytes_on_disk
 from olmo_cli.hub.paths import checkpoint_dirs, safe_child
+from olmo_cli.hub.space import check_space, existing, human_size
 from olmo_cli.hub.transfer import (
     Cancelled,
     DiskFull,
@@ -145,34 +146,6 @@ def plan_download(
         raise CheckpointError(f"--dest {dest} is a file", hint="give a directory")
     unique = {e.step: e for e in entries}  # one directory per step
     return [plan_checkpoint(e, dest, options) for e in unique.values()]
-
-
-def _existing(path: Path) -> Path:
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
-
-
-def _size(n: int) -> str:
-    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
-        if n >= 1 << shift:
-            return f"{n / (1 << shift):.1f} {unit}"
-    return f"{n} bytes"
-
-
-def _check_space(plans: Sequence[CheckpointPlan]) -> None:
-    """Fail before fetching anything if the destination cannot hold what is missing."""
-    todo = [p for p in plans if not p.complete]
-    if not todo:
-        return
-    root = _existing(todo[0].final.parent)
-    need, free = sum(p.missing for p in todo), shutil.disk_usage(root).free
-    if need > free:
-        raise CheckpointError(
-            f"not enough disk space in {root}: "
-            f"{need / 2**30:.1f} GiB to download, {free / 2**30:.1f} GiB free",
-            hint="free some space or choose another --dest",
-        )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -339,16 +312,16 @@ def _disk_full(exc: DiskFull, run: _Run, plans: Sequence[CheckpointPlan]) -> Che
                 kept += job.part.done()
             else:
                 kept += job.remote.size or 0
-    root = _existing(plans[0].final.parent)
+    root = existing(plans[0].final.parent)
     free = shutil.disk_usage(root).free
     partial = ", ".join(str(p.partial) for p in plans if p.step not in run.finished and not p.complete)
-    still = f"{'at least ' if unknown else ''}{_size(need)} ({need} bytes) still to download"
+    still = f"{'at least ' if unknown else ''}{human_size(need)} ({need} bytes) still to download"
     if unknown:
         still += " (the server did not say every file's size)"
     return CheckpointError(
-        f"disk full writing {exc.path}: {still}, {_size(free)} free in {root}",
-        details=[f"the {_size(kept)} downloaded so far are kept in {partial}"],
-        hint=f"free at least {_size(max(need - free, 1))} there, then run the same command again: it "
+        f"disk full writing {exc.path}: {still}, {human_size(free)} free in {root}",
+        details=[f"the {human_size(kept)} downloaded so far are kept in {partial}"],
+        hint=f"free at least {human_size(max(need - free, 1))} there, then run the same command again: it "
         + ("fetches again what it cannot resume" if unknown else "resumes where it stopped")
         + " (or delete the .partial directory to give back its space)",
     )
@@ -378,15 +351,23 @@ def _download_once(run: _Run, plans: Sequence[CheckpointPlan]) -> None:
             raise local_write_error(exc, todo[0].partial) from exc
 
 
-def _replan(
-    plans: Sequence[CheckpointPlan], run: _Run, mismatch: PlanMismatch, options: DownloadOptions
-) -> list[CheckpointPlan]:
-    """Ask the server again about every checkpoint not yet in place; drop the part that disagreed."""
+def _discard_part(plans: Sequence[CheckpointPlan], mismatch: PlanMismatch) -> list[tuple[int, str]]:
+    """Delete the part of the file that disagreed with its plan: its bytes are of no known version."""
+    keys = []
     for plan in plans:
         for f in plan.files:
             if f.remote.url == mismatch.url:
                 PartFile(plan.partial, f.remote.name).discard()
-                run.emit(Retrying((plan.step, f.remote.name), f.remote.url, 1, mismatch.message, 0.0))
+                keys.append((plan.step, f.remote.name))
+    return keys
+
+
+def _replan(
+    plans: Sequence[CheckpointPlan], run: _Run, mismatch: PlanMismatch, options: DownloadOptions
+) -> list[CheckpointPlan]:
+    """Ask the server again about every checkpoint not yet in place; drop the part that disagreed."""
+    for key in _discard_part(plans, mismatch):
+        run.emit(Retrying(key, mismatch.url, 1, mismatch.message, 0.0))
     dest = plans[0].final.parent
     return [
         p if p.step in run.finished else plan_checkpoint(IndexEntry(p.step, p.url, 0), dest, options)
@@ -405,7 +386,7 @@ def download(
     emit = on_event or (lambda event: None)
     finished: set[int] = set()
     current = list(plans)
-    _check_space(current)
+    check_space(current)
     for second in (False, True):
         run = _Run(options, emit, finished)
         try:
@@ -415,16 +396,8 @@ def download(
             raise _disk_full(exc, run, current) from exc
         except PlanMismatch as exc:
             if second:
-                _replan_cleanup(current, exc)
+                _discard_part(current, exc)
                 raise
             current = _replan(current, run, exc, options)
-            _check_space(current)
+            check_space(current)
     raise AssertionError("unreachable")
-
-
-def _replan_cleanup(plans: Sequence[CheckpointPlan], mismatch: PlanMismatch) -> None:
-    """A part that disagreed twice is of no known version: keep nothing of it."""
-    for plan in plans:
-        for f in plan.files:
-            if f.remote.url == mismatch.url and plan.partial.is_dir():
-                PartFile(plan.partial, f.remote.name).discard()
