@@ -230,6 +230,36 @@ def test_a_file_that_changes_before_a_ranged_resume_ends_as_the_new_file(
     assert resumed["If-Range"] == old_etag
 
 
+def test_without_an_etag_last_modified_is_the_version(server: Hostile, tmp_path: Path) -> None:
+    new = random.Random(9).randbytes(MODEL_SIZE)
+    stamps = ["Mon, 01 Jan 2024 00:00:00 GMT"]
+    gets = []
+
+    def answer(request: Request) -> None:
+        if not request.head:
+            gets.append(dict(request.headers))
+            request.headers.pop("If-Range", None)  # ranges taken whatever If-Range says
+        status, start, end, headers = request.plan()
+        del headers["ETag"]
+        headers["Last-Modified"] = stamps[-1]
+        if request.head:
+            return request.send(status, headers)
+        if len(gets) == 1:
+            request.send_headers(status, headers)
+            request.write(server.files[MODEL][:1_000_000])
+            server.replace(MODEL, new)
+            stamps.append("Tue, 02 Jan 2024 00:00:00 GMT")
+            return request.close(reset=True)
+        # A 206 of the new file for the old one's range: only Last-Modified tells the versions apart.
+        request.send(status, headers, server.files[MODEL][start:end])
+
+    server.behave[MODEL] = answer
+    dest = tmp_path / "dest"
+    engine(server, dest)
+    assert_downloaded(dest, server)
+    assert gets[1]["If-Range"] == stamps[0]
+
+
 # ---------------------------------------------------------------------------------------------------
 # time: a trickle or silence cannot hold a download
 
