@@ -73,10 +73,19 @@ def relaunch_if_asked(nproc_per_node: int, run_dir: Path) -> None:
         outcome = run_workers(nproc_per_node, sys.argv[1:], env={TOKEN_ENV: lock.token})
     if outcome.error is not None:
         raise outcome.error.as_error()
+    if outcome.interrupted:
+        raise KeyboardInterrupt  # shown as in one process: "interrupted", exit 130
     if outcome.failure is not None:
         from olmo_cli import ui
 
-        ui.print_error(outcome.failure, hint="its own output, above, says why")
+        if outcome.exit_code > 128:
+            hint = (
+                "a signal from outside, e.g. the out-of-memory killer (see dmesg); "
+                f"`olmo resume {run_dir}` continues from its newest checkpoint"
+            )
+        else:
+            hint = "its output above shows what went wrong"
+        ui.print_error(outcome.failure, hint=hint)
     raise typer.Exit(outcome.exit_code)
 
 

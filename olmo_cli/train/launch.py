@@ -95,20 +95,31 @@ def torchrun_argv(nproc_per_node: int, argv: list[str]) -> list[str]:
     ]
 
 
-def relaunch_with_torchrun(nproc_per_node: int, argv: list[str], *, env: dict[str, str] | None = None) -> int:
-    """Runs `torchrun_argv(...)` (with `env` added to ours) and returns its exit code.
+def relaunch_with_torchrun(
+    nproc_per_node: int,
+    argv: list[str],
+    *,
+    env: dict[str, str] | None = None,
+    forwarded: list[int] | None = None,
+) -> int:
+    """Runs `torchrun_argv(...)` (with `env` added to ours) and returns its exit code; the signals it
+    forwarded are appended to `forwarded`.
 
     The agent runs in its own session, so a Ctrl-C from the terminal reaches it only through us, once:
     SIGINT and SIGTERM sent to this process are forwarded to it, and it relays them to every worker
     (which then save a checkpoint and exit). Without the separate session each worker would get the
-    terminal's SIGINT directly and a second one from the agent. The agent SIGKILLs workers that have not
-    exited 30 s after relaying a signal.
+    terminal's SIGINT directly and a second one from the agent. As in one process, a second SIGTERM
+    changes nothing (it is not forwarded) and a second SIGINT means "now": the agent exits at once and
+    its workers die with it. The agent SIGKILLs workers that have not exited 30 s after relaying a
+    signal.
     """
     child_env = {**os.environ, **(env or {}), PARENT_ENV: str(os.getpid())}
     child = subprocess.Popen(torchrun_argv(nproc_per_node, argv), start_new_session=True, env=child_env)
+    sent: list[int] = forwarded if forwarded is not None else []
 
     def forward(signum: int, frame: FrameType | None) -> None:
-        if child.poll() is None:
+        if child.poll() is None and not (signum == signal.SIGTERM and signum in sent):
+            sent.append(signum)
             child.send_signal(signum)
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -160,16 +171,22 @@ class LaunchOutcome:
     exit_code: int
     error: RankReport | None = None
     failure: str | None = None
+    interrupted: bool = False  # a second Ctrl-C stopped the job at once
 
 
 def run_workers(nproc_per_node: int, argv: list[str], *, env: dict[str, str] | None = None) -> LaunchOutcome:
     """`relaunch_with_torchrun`, and how the job ended according to its workers' reports."""
     reports = Path(tempfile.mkdtemp(prefix="olmo-ranks-"))
+    forwarded: list[int] = []
     try:
-        code = relaunch_with_torchrun(nproc_per_node, argv, env={**(env or {}), REPORTS_ENV: str(reports)})
-        return _outcome(code, reports)
+        env = {**(env or {}), REPORTS_ENV: str(reports)}
+        code = relaunch_with_torchrun(nproc_per_node, argv, env=env, forwarded=forwarded)
+        outcome = _outcome(code, reports)
     finally:
         shutil.rmtree(reports, ignore_errors=True)
+    if outcome.failure is not None and forwarded.count(signal.SIGINT) > 1:
+        return LaunchOutcome(128 + signal.SIGINT, interrupted=True)
+    return outcome
 
 
 def _outcome(launcher_code: int, reports: Path) -> LaunchOutcome:

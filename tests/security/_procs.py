@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import time
 import uuid
@@ -111,6 +112,24 @@ def marked_pids(marker: str) -> list[int]:
         if state != "Z":
             found.append(int(entry.name))
     return found
+
+
+def survivors(marker: str, within: float) -> list[str]:
+    """The processes of a job still alive `within` seconds from now (as "PID: command"), polled so that
+    an empty answer comes as soon as the last one has gone."""
+    deadline = time.monotonic() + within
+    while marked_pids(marker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return [f"{pid}: {command_line(pid)[:160]}" for pid in marked_pids(marker)]
+
+
+def kill_marked(marker: str) -> None:
+    """SIGKILLs whatever of a job is still alive, so a failing test leaves no process behind."""
+    for pid in marked_pids(marker):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
 
 
 def command_line(pid: int) -> str:

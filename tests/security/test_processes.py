@@ -31,11 +31,13 @@ from tests.security._procs import (
     checkpoints,
     command_line,
     finish,
+    kill_marked,
     marked_pids,
     new_marker,
     run,
     start,
     step_of,
+    survivors,
     token_data,
     wait_for,
 )
@@ -191,10 +193,10 @@ def test_kill_9_of_a_two_process_run_leaves_no_process_and_resume_continues(tmp_
     marker = new_marker()
     parent = start(_nproc2("train", *ENDLESS, "--data", str(data), "-o", str(run_dir)), tmp_path, marker)
     try:
+        second_marker = new_marker()
         wait_for(lambda: len(checkpoints(run_dir)) >= 1, 240, "a first sharded checkpoint", parent)
         assert len(marked_pids(marker)) == 4, _processes(marker)  # olmo, the launcher, 2 workers
         # A second 2-process job is refused by its parent, before it starts any process.
-        second_marker = new_marker()
         second = start(_nproc2("train", "--data", str(data), "-o", str(run_dir)), tmp_path, second_marker)
         _, second_err = finish(second, timeout=REFUSED_WITHIN_S)
         assert f"PID {parent.pid}" in _one_error(second_err, 2, second.returncode)
@@ -202,11 +204,14 @@ def test_kill_9_of_a_two_process_run_leaves_no_process_and_resume_continues(tmp_
 
         parent.kill()
         parent.wait(timeout=10)
-        wait_for(lambda: not marked_pids(marker), 10, "the launcher and workers to die with their parent")
+        left = survivors(marker, within=10)  # the launcher and the workers die with their parent
     finally:
         if parent.poll() is None:
             parent.kill()
         finish(parent, timeout=30)
+        kill_marked(marker)
+        kill_marked(second_marker)
+    assert left == []
     assert (run_dir / LOCK_NAME).is_file()  # left behind by kill -9, taken over by the resume
     resume_at = step_of(checkpoints(run_dir)[-1]) + 1
     resumed = run(["resume", str(run_dir), "--device", "cpu", "--set", f"stop_at={resume_at}"], tmp_path)
@@ -240,10 +245,12 @@ def test_sigterm_stops_a_two_process_run_with_exit_75_after_a_checkpoint(tmp_pat
     finally:
         if parent.poll() is None:
             parent.kill()
+        left = survivors(marker, within=10)
+        kill_marked(marker)
+    assert left == []
     assert parent.returncode == STOPPED_EXIT_CODE, err
     assert "Traceback" not in err and "ChildFailedError" not in err
     assert "stopped by a signal" in out
     saved = checkpoints(run_dir)
     assert len(saved) == 1 and not saved[0].endswith("-unsharded")  # the sharded save at the stop
     assert (run_dir / "latest").resolve().name == saved[0]
-    wait_for(lambda: not marked_pids(marker), 10, "every process of the job to exit")
