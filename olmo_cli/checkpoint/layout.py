@@ -13,6 +13,7 @@ __all__ = [
     "UNSHARDED_SUFFIX",
     "checkpoint_dir_name",
     "find_latest_checkpoint",
+    "hint_previous_checkpoint",
     "is_unsharded",
     "parse_step",
     "resolve_state_file",
@@ -53,6 +54,36 @@ def find_latest_checkpoint(folder: Path | str) -> Path | None:
         if best is None or rank > best:
             best, best_path = rank, path
     return best_path
+
+
+def _previous_checkpoint(path: Path) -> Path | None:
+    """The checkpoint beside `path` with the highest step below its step, if any."""
+    step = parse_step(path.name)
+    folder = path.parent
+    if step is None or not folder.is_dir():
+        return None
+    best: tuple[int, bool] | None = None
+    found: Path | None = None
+    for candidate in folder.iterdir():
+        match = _CHECKPOINT_NAME.match(candidate.name)
+        if match is None or not candidate.is_dir() or int(match["step"]) >= step:
+            continue
+        rank = (int(match["step"]), match["unsharded"] is None)
+        if best is None or rank > best:
+            best, found = rank, candidate
+    return found
+
+
+def hint_previous_checkpoint(error: Exception, path: Path) -> None:
+    """Adds to a CheckpointError about `path` (a `stepN` directory in a run folder) which checkpoint to
+    fall back to: a newest checkpoint cut short (disk full, a kill during a copy) is the usual cause."""
+    previous = _previous_checkpoint(Path(path))
+    if previous is None or not hasattr(error, "hint"):
+        return
+    error.hint = (
+        f"{Path(path).name} may be incomplete or damaged; use the previous checkpoint, {previous} (to "
+        f"continue the run from it: olmo resume {previous.parent} --load-path {previous})"
+    )
 
 
 def resolve_state_file(directory: Path, stem: str) -> Path | None:

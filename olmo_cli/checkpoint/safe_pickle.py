@@ -161,8 +161,46 @@ def _unsafe_globals(path: Path, extra_globals: list[Any]) -> list[str]:
     try:
         with torch.serialization.safe_globals(extra_globals):
             return sorted(torch.serialization.get_unsafe_globals_in_checkpoint(path))
-    except Exception:  # not a zip-format torch file (legacy format) or unreadable: nothing to name
-        return []
+    except Exception:  # not a zip-format torch file: the legacy format is a few pickles in a row
+        return _legacy_foreign_globals(path)
+
+
+_LEGACY_PICKLES = 5  # magic number, protocol, system info, the object, its storage keys
+_LEGACY_KNOWN = ("torch.", "collections.OrderedDict", "builtins.set", "_codecs.encode")
+
+
+def _legacy_foreign_globals(path: Path) -> list[str]:
+    """The globals named by a legacy-format torch file that are not torch's own (nor the container
+    types torch admits), read from the pickle opcodes only; [] when the file is not such a file."""
+    import pickletools
+
+    found: set[str] = set()
+    try:
+        with open(path, "rb") as f:
+            for _ in range(_LEGACY_PICKLES):
+                strings: list[str] = []
+                memo: dict[int, Any] = {}
+                for opcode, arg, _pos in pickletools.genops(f):
+                    name = opcode.name
+                    if name in ("GLOBAL", "INST"):
+                        found.add(str(arg).replace(" ", "."))
+                    elif isinstance(arg, str) and "UNICODE" in name:
+                        strings.append(arg)
+                    elif name in ("BINPUT", "LONG_BINPUT", "PUT") and strings:
+                        memo[int(arg)] = strings[-1]
+                    elif name == "MEMOIZE" and strings:
+                        memo[len(memo)] = strings[-1]
+                    elif name in ("BINGET", "LONG_BINGET", "GET") and isinstance(memo.get(int(arg)), str):
+                        strings.append(memo[int(arg)])
+                    elif name == "STACK_GLOBAL" and len(strings) >= 2:
+                        found.add(f"{strings[-2]}.{strings[-1]}")
+                    if name == "STOP":
+                        break
+                else:
+                    break
+    except Exception:  # noqa: BLE001 - a stream that is not pickles past some point: name what was seen
+        pass
+    return sorted(g for g in found if not g.startswith(_LEGACY_KNOWN))
 
 
 def _load_error(path: Path, what: str, error: Exception, unsafe: list[str]) -> CheckpointError:
@@ -174,7 +212,13 @@ def _load_error(path: Path, what: str, error: Exception, unsafe: list[str]) -> C
             "tensors and containers if you trust its source",
         )
     if isinstance(error, pickle.UnpicklingError):
-        first_line = str(error).strip().splitlines()[-1][:300] if str(error).strip() else type(error).__name__
+        # torch's message is several paragraphs of advice; its reason follows "Unpickler error:".
+        lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+        at = next((i for i, line in enumerate(lines) if "Unpickler error:" in line), None)
+        reason = lines[at].split("Unpickler error:", 1)[1].strip() if at is not None else ""
+        if at is not None and not reason and at + 1 < len(lines):
+            reason = lines[at + 1]
+        first_line = (reason or (lines[-1] if lines else type(error).__name__))[:300]
         return CheckpointError(f"{what} ({path}) cannot be read safely: {first_line}")
     return CheckpointError(
         f"{what} ({path}) is truncated or corrupt ({type(error).__name__}: {str(error)[:300]})",

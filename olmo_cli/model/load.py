@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 
+from olmo_cli.checkpoint.layout import hint_previous_checkpoint
 from olmo_cli.config.schema import TrainConfig
 from olmo_cli.errors import CheckpointError, ConfigError
 
@@ -155,14 +156,18 @@ def read_checkpoint(path: Path | str) -> CheckpointWeights:
     from olmo_cli.quant.checkpoint import is_quantized
 
     path = resolve_checkpoint(path)
-    if is_quantized(path):
-        return _read_quantized(path)
-    if is_hf_dir(path):
-        hf = read_hf(path)
-        return CheckpointWeights(path, "hf", hf.config, hf.model, hf.tokenizer_file, hf.warnings)
-    if (path / SHARDED_MODEL_DIR).is_dir():
-        return _read_sharded(path)
-    return _read_unsharded(path)
+    try:
+        if is_quantized(path):
+            return _read_quantized(path)
+        if is_hf_dir(path):
+            hf = read_hf(path)
+            return CheckpointWeights(path, "hf", hf.config, hf.model, hf.tokenizer_file, hf.warnings)
+        if (path / SHARDED_MODEL_DIR).is_dir():
+            return _read_sharded(path)
+        return _read_unsharded(path)
+    except CheckpointError as e:
+        hint_previous_checkpoint(e, path)
+        raise
 
 
 def load_tokenizer(checkpoint: CheckpointWeights) -> ResolvedTokenizer:

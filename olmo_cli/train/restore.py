@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from olmo_cli.checkpoint.layout import find_latest_checkpoint, is_unsharded
+from olmo_cli.checkpoint.layout import find_latest_checkpoint, hint_previous_checkpoint, is_unsharded
 from olmo_cli.config.schema import TrainConfig
 from olmo_cli.errors import CheckpointError
 from olmo_cli.train.distributed import World
@@ -85,16 +85,20 @@ def restore_checkpoint(
     load_optim = not restored.optimizer_reset
     saved: dict[str, Any] | None = None
     base_only = cfg.lora is not None and not own
-    with _adapters_hidden(model) if base_only else contextlib.nullcontext():
-        if _is_hf(path):
-            _load_hf(model, path, restored)
-        elif is_unsharded(path):
-            saved = _load_unsharded(cfg, model, path, restored, load_optim, reset_trainer, base_only)
-        else:
-            from olmo_cli.checkpoint.sharded import read_sharded
+    try:
+        with _adapters_hidden(model) if base_only else contextlib.nullcontext():
+            if _is_hf(path):
+                _load_hf(model, path, restored)
+            elif is_unsharded(path):
+                saved = _load_unsharded(cfg, model, path, restored, load_optim, reset_trainer, base_only)
+            else:
+                from olmo_cli.checkpoint.sharded import read_sharded
 
-            target = optim if load_optim else None
-            saved = read_sharded(path, model=model, optim=target, world=world, warnings=restored.warnings)
+                target = optim if load_optim else None
+                saved = read_sharded(path, model=model, optim=target, world=world, warnings=restored.warnings)
+    except CheckpointError as e:
+        hint_previous_checkpoint(e, path)
+        raise
     if reset_trainer:
         saved = None
     if saved is not None:
