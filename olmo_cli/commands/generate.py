@@ -108,7 +108,7 @@ def generate(
 
     from olmo_cli import ui
     from olmo_cli.errors import UsageError
-    from olmo_cli.model.generate import GenerationSettings
+    from olmo_cli.model.generate import GenerationSettings, check_cache_fits
     from olmo_cli.model.load import load_model, load_tokenizer, read_checkpoint
 
     try:  # checked before the (slow) model load
@@ -124,8 +124,10 @@ def generate(
     tokenizer = load_tokenizer(found)
     ids = tokenizer.identity
     settings = replace(settings, eos_token_id=ids.eos_token_id, pad_token_id=ids.pad_token_id)
-    model = load_model(found, device=where, dtype=torch_dtype)
     prompts = _encode(texts, conversations, tokenizer)
+    rows = min(batch_size, len(prompts))
+    check_cache_fits(found.config.model, max(map(len, prompts)), rows, max_new_tokens, torch_dtype, where)
+    model = load_model(found, device=where, dtype=torch_dtype)
     _warn_length(prompts, max_new_tokens, found.config.model.max_sequence_length)
     stream = len(prompts) == 1 and not json_output
     start = time.perf_counter()

@@ -20,9 +20,11 @@ import torch
 from olmo_cli.model.olmo import OLMo
 
 if TYPE_CHECKING:
+    from olmo_cli.config.schema import ModelConfig
     from olmo_cli.data.tokenizer import ResolvedTokenizer
 
 __all__ = [
+    "check_cache_fits",
     "Completion",
     "Generated",
     "GenerationSettings",
@@ -95,6 +97,12 @@ class KVCache:
             device=device,
             key_valid=key_valid,
         )
+
+    @staticmethod
+    def bytes_for(cfg: ModelConfig, batch: int, capacity: int, dtype: torch.dtype) -> int:
+        """What `for_model` allocates: keys and values of every layer, plus the key mask."""
+        per_token = 2 * cfg.n_layers * cfg.effective_n_kv_heads * cfg.head_dim * dtype.itemsize
+        return batch * capacity * (per_token + 1)
 
     def update(
         self, layer: int, k: torch.Tensor, v: torch.Tensor
@@ -374,3 +382,33 @@ def generate_text(
             on_text(row, rest)
         completions.append(Completion(stream.text, result.token_ids, len(prompts[row]), result.finish_reason))
     return completions
+
+
+def check_cache_fits(
+    cfg: ModelConfig,
+    longest_prompt: int,
+    batch: int,
+    max_new_tokens: int,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> None:
+    """Raises UsageError, before the model loads, when the KV cache for `batch` rows of the longest prompt
+    plus `max_new_tokens` cannot fit in the device's memory (with the weights beside it)."""
+    from olmo_cli.config.derived import num_params
+    from olmo_cli.errors import UsageError
+    from olmo_cli.memory import device_memory, human_bytes
+
+    have = device_memory(device)
+    if have is None:
+        return
+    weights = num_params(cfg) * dtype.itemsize
+    need = KVCache.bytes_for(cfg, batch, longest_prompt + max_new_tokens, dtype)
+    if weights + need <= have:
+        return
+    per_token = KVCache.bytes_for(cfg, batch, 1, dtype)
+    fits = max((have - weights) // per_token - longest_prompt, 0)
+    raise UsageError(
+        f"--max-new-tokens {max_new_tokens:,} needs a KV cache of {human_bytes(need)} for {batch} "
+        f"prompt(s), more than the {human_bytes(have)} of this {device.type} device",
+        hint=f"ask for at most about {fits:,} new tokens, or fewer prompts at a time (--batch-size)",
+    )

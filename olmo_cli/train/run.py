@@ -10,6 +10,7 @@ Every rank of a torchrun job runs it; only the main rank writes shared files and
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from collections.abc import Sequence
@@ -31,6 +32,7 @@ from olmo_cli.train.callbacks.feed import EventFeed
 from olmo_cli.train.callbacks.metrics_file import METRICS_FILE, MetricsFile
 from olmo_cli.train.distributed import World, close_world, init_world
 from olmo_cli.train.events import Event, EventSink, Message, RunFinished, RunStarted
+from olmo_cli.train.fits import check_model_fits
 from olmo_cli.train.loader import RUN_ORDER_FILE, BatchLoader
 from olmo_cli.train.loop import Schedule, StopReason, Trainer, autocast_dtype
 from olmo_cli.train.plan import batch_split
@@ -119,6 +121,8 @@ class _Prepared:
 
 def _run(cfg: TrainConfig, events: EventSink, options: RunOptions, world: World) -> RunResult:
     batch_split(cfg, world.world_size)  # indivisible batch sizes fail before anything else happens
+    local = int(os.environ.get("LOCAL_WORLD_SIZE") or 1) if world.device.type == "cpu" else 1
+    check_model_fits(cfg, world.device, world.world_size, local)  # so does a model of impossible size
     # 1. data -> run directory -> dataset
     prep = _prepare(cfg, events, options, world)
     cfg = prep.cfg
