@@ -110,7 +110,7 @@ class DirectoryLock:
         self.path = directory / LOCK_NAME
         self.token = token
         self.recovered = recovered  # the holder a stale lock file named, when we took it over
-        self.covered = covered  # held by the process that started us (see TOKEN_ENV)
+        self.covered = covered  # held already, by this process or the one that started it (TOKEN_ENV)
         self.unsupported = unsupported  # the file system has no flock: nothing is locked
         self._fd = fd
         self._created_directory = created_directory
