@@ -33,10 +33,35 @@ from olmo_cli.errors import CheckpointError, ConfigError
         ("a: 1\x00", "contains NUL bytes"),
     ],
 )
-def test_yaml_refusals_name_the_source_and_line(text, message):
+@pytest.mark.parametrize("loader", yamlio._LOADERS, ids=lambda c: c.__name__)
+def test_yaml_refusals_name_the_source_and_line(text, message, loader):
     with pytest.raises(ConfigError, match=message) as info:
-        parse_yaml(text, source="t.yaml")
+        parse_yaml(text, source="t.yaml", loader=loader)
     assert info.value.hint
+
+
+@pytest.mark.parametrize("loader", yamlio._LOADERS, ids=lambda c: c.__name__)
+def test_node_cap_and_control_characters(loader, monkeypatch):
+    monkeypatch.setattr(yamlio, "MAX_NODES", 1000)
+    with pytest.raises(ConfigError, match=r"\(line 1, column \d+\) holds more than 1,000 values"):
+        parse_yaml("a: [" + "1, " * 1000 + "1]", source="t.yaml", loader=loader)
+    assert len(parse_yaml("a: [" + "1, " * 990 + "1]", loader=loader)["a"]) == 991
+    with pytest.raises(ConfigError, match=r"t.yaml \(line 2\) holds the control character U\+0007"):
+        parse_yaml("a: 1\nb: x\x07y\n", source="t.yaml", loader=loader)
+    with pytest.raises(ConfigError, match="not valid UTF-8 text"):
+        parse_yaml("a: \udcff", source="--set a=...", loader=loader)  # undecodable bytes in argv
+
+
+def test_both_loaders_read_the_presets_alike():
+    from upstream_sample import upstream_style_config
+
+    from olmo_cli.config.presets import preset_dir
+
+    texts = [p.read_text() for p in sorted(preset_dir().glob("*.yaml"))]
+    texts.append(yamlio.dump_yaml(upstream_style_config()))
+    for text in texts:
+        results = [parse_yaml(text, loader=loader) for loader in yamlio._LOADERS]
+        assert all(r == results[0] for r in results)
 
 
 def test_nesting_up_to_the_limit_is_fine():

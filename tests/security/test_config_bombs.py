@@ -136,6 +136,7 @@ HOSTILE_YAML: dict[str, tuple[str, tuple[str, ...]]] = {
         "run_name: " + "${oc.env:X," * 300 + "y" + "}" * 300 + "\n",
         ("run_name", "deeper than 128 levels"),
     ),
+    "many-values": ("data:\n  paths: [" + "1," * 4_000_000 + "1]\n", ("line 2", "more than 250,000 values")),
     "huge-integer": ("model:\n  n_layers: " + "9" * 5000 + "\n", ("line 2", "cannot be read")),
     "bool-for-int": ("model:\n  n_layers: true\n", ("1 invalid setting",)),
 }
@@ -152,7 +153,7 @@ def hostile_bytes() -> dict[str, tuple[bytes, tuple[str, ...]]]:
         "utf-16-with-bom": ("run_name: x\nseed: 1\n".encode("utf-16"), ("UTF-16",)),
         "utf-32-with-bom": ("run_name: x\n".encode("utf-32"), ("UTF-32",)),
         "latin-1": ("run_name: café\n".encode("latin-1"), ("not UTF-8", "line 1")),
-        "control-characters": (b"run_name: a\x07b\n", ("not valid YAML",)),
+        "control-characters": (b"run_name: a\x07b\n", ("control character U+0007",)),
     }
 
 
@@ -200,6 +201,17 @@ def test_a_config_file_over_16_mib_is_refused_unread(tmp_path):
         f.truncate(64 * 2**20)  # sparse: a 64 MiB file that costs no disk
     outcome = run_bounded("presets", "show", "--config", str(path), cwd=tmp_path)
     assert_refused(outcome, 2, "huge.yaml", "larger than 16 MiB")
+
+
+def test_a_config_of_15_mib_is_read_in_bounded_time(tmp_path):
+    # Under the size cap, 15 MiB of comments and long lines: libyaml scans them, not Python.
+    path = tmp_path / "long.yaml"
+    comments = ("# " + "c" * 1000 + "\n") * 15_000
+    path.write_text("run_name: " + "r" * 100_000 + "\n" + comments + "seed: 7\n")
+    outcome = run_bounded("presets", "show", "--config", str(path), cwd=tmp_path)
+    assert outcome.returncode == 0, outcome.stderr[-2000:]
+    assert "seed: 7" in outcome.stdout
+    assert outcome.seconds < TIME_LIMIT_S
 
 
 def test_a_config_can_still_say_true_for_switches_and_numbers_for_counts(tmp_path):
