@@ -7,11 +7,8 @@ Fields upstream has but olmo does not act on are kept (so nothing is silently dr
 
 from __future__ import annotations
 
-import functools
 import math
 import re
-import types
-import typing
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -25,6 +22,8 @@ from pydantic import (
     model_serializer,
     model_validator,
 )
+
+from olmo_cli.config.booleans import bool_for_number
 
 
 @dataclass(frozen=True)
@@ -61,54 +60,6 @@ def _int_like(value: Any) -> Any:
 IntLike = Annotated[int, BeforeValidator(_int_like)]
 
 
-@functools.cache
-def _takes_bool(tp: Any) -> bool:
-    if tp is bool or tp is Any:
-        return True
-    if typing.get_origin(tp) is Literal:
-        return any(isinstance(arg, bool) for arg in typing.get_args(tp))
-    if typing.get_origin(tp) in (typing.Union, types.UnionType, Annotated):
-        return any(_takes_bool(arg) for arg in typing.get_args(tp))
-    return False
-
-
-@functools.cache
-def _numbers_in(tp: Any) -> tuple[Any, ...]:
-    """The number types (int, float) `tp` admits, outside containers."""
-    if tp in (int, float):
-        return (tp,)
-    if typing.get_origin(tp) in (typing.Union, types.UnionType, Annotated):
-        return tuple(t for arg in typing.get_args(tp) for t in _numbers_in(arg))
-    return ()
-
-
-def _bool_for_number(value: Any, tp: Any) -> str | None:
-    """What is wrong when `value` holds a boolean where `tp` wants a number (pydantic's lax mode takes
-    true as 1, so `n_layers: true` would build one layer)."""
-    if isinstance(value, bool):
-        numbers = _numbers_in(tp)
-        if numbers and not _takes_bool(tp):
-            wanted = "an integer" if numbers == (int,) else "a number"
-            return f"expected {wanted}, got the boolean {str(value).lower()}"
-        return None
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        found = [_bool_for_number(value, arg) for arg in args if typing.get_origin(arg) is not None]
-        return found[0] if found and all(found) else None
-    if isinstance(value, (list, tuple)) and origin in (list, tuple) and args:
-        for i, item in enumerate(value):
-            inner = args[0] if origin is list or args[-1] is Ellipsis else args[min(i, len(args) - 1)]
-            problem = _bool_for_number(item, inner)
-            if problem:
-                return f"{problem} (item {i})"
-    if isinstance(value, dict) and origin is dict and len(args) == 2:
-        for key, item in value.items():
-            problem = _bool_for_number(item, args[1])
-            if problem:
-                return f"{problem} (at {key})"
-    return None
-
-
 class Section(BaseModel):
     """Base of every config section: unknown keys are errors, assignments are validated, and a boolean
     is never taken for a number."""
@@ -120,7 +71,7 @@ class Section(BaseModel):
     def _no_bool_for_number(cls, value: Any, info: ValidationInfo) -> Any:
         if info.field_name is None:
             return value
-        problem = _bool_for_number(value, cls.model_fields[info.field_name].annotation)
+        problem = bool_for_number(value, cls.model_fields[info.field_name].annotation)
         if problem:
             raise ValueError(problem)
         return value
