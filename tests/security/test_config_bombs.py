@@ -340,8 +340,10 @@ def test_hostile_checkpoint_config_in_generate_is_one_exit_4_message(checkpoint_
         (("resume", "--load-path", "{ckpt}"), "alias-bomb"),
         (("resume", "--load-path", "{ckpt}"), "doubling-chain"),
         (("finetune", "--checkpoint", "{ckpt}", "--data", "{tmp}/none.npy"), "deep-flow-maps"),
+        (("quantize", "{ckpt}", "--method", "int8", "--output", "{tmp}/hf"), "self-cycle"),
+        (("inspect-batch", "0", "--run", "{ckpt}"), "random-bytes"),
     ],
-    ids=["convert-hf", "eval", "resume-alias", "resume-doubling", "finetune"],
+    ids=["convert-hf", "eval", "resume-alias", "resume-doubling", "finetune", "quantize", "inspect-batch"],
 )
 def test_hostile_checkpoint_config_elsewhere_is_one_exit_4_message(
     checkpoint_template, tmp_path, command, name
