@@ -42,6 +42,8 @@ before = run(spec["before"])
 full = listing()
 os.unlink(os.path.join(mnt, ".filler"))
 after = run(spec["after"])
+if spec["copy_out"]:
+    subprocess.run(["cp", "-a", os.path.join(mnt, spec["copy_out"][0]), spec["copy_out"][1]], check=True)
 json.dump({"before": before, "full": full, "after": after, "final": listing()}, open(spec["report"], "w"))
 """
 
@@ -68,9 +70,12 @@ def olmo_on_full_disk(
     size: str = "4m",
     mkdirs: tuple[str, ...] = (),
     timeout: float = 240,
+    copy_out: tuple[str, Path] | None = None,
 ) -> dict:
     """Runs the `olmo` command lines `before` on a tmpfs with `free` bytes left, then `after` once the
-    space is freed; returns their exit codes and output and the disk's listings."""
+    space is freed; returns their exit codes and output and the disk's listings (files and directories,
+    relative to the mount; the filler is `.filler`). `copy_out`: (path on the disk, destination) to copy
+    out at the end."""
     mount = work / "mnt"
     mount.mkdir()
     report = work / "full-disk-report.json"
@@ -85,6 +90,7 @@ def olmo_on_full_disk(
         "env": clean_env(XDG_CACHE_HOME=str(work / ".cache")),
         "timeout": timeout,
         "report": str(report),
+        "copy_out": [copy_out[0], str(copy_out[1])] if copy_out else None,
     }
     driver = subprocess.run(
         ["unshare", "-rm", sys.executable, "-c", _DRIVER, json.dumps(spec)],

@@ -14,19 +14,9 @@ from pathlib import Path
 import pytest
 
 from olmo_cli.checkpoint.sharded import MODEL_AND_OPTIM
-from tests.security._checkpoints import assert_one_error, cached_run, edit_train_pt, olmo, tree_state, victims
+from tests.security._checkpoints import assert_one_error, edit_train_pt, olmo, tree_state, victims
 
 LISTS = ("checkpoints", "unsharded_checkpoints", "ephemeral_checkpoints")
-
-
-@pytest.fixture(scope="module")
-def factory(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("trained")
-
-
-@pytest.fixture
-def checkpoint(factory, tmp_path) -> Path:
-    return cached_run(factory, tmp_path)
 
 
 def traversal_names(root: Path) -> list[str]:

@@ -11,20 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.security._checkpoints import cached_run
 from tests.security._full_disk import olmo_on_full_disk, tmpfs_unavailable
 
 CHECKPOINT_BYTES = 300_000  # the few-thousand-parameter model's step directory (model, optim, train.pt)
-
-
-@pytest.fixture(scope="module")
-def factory(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("trained")
-
-
-@pytest.fixture
-def checkpoint(factory, tmp_path) -> Path:
-    return cached_run(factory, tmp_path)
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ from olmo_cli.hub.download import MARKER, DownloadOptions, download, plan_downlo
 from olmo_cli.hub.http import RetryPolicy, check_redirect
 from olmo_cli.hub.index import IndexEntry
 from tests.cli._helpers import ROOT, clean_env, olmo_executable
+from tests.security._full_disk import tmpfs_unavailable
 
 from ._hostile_http import Hostile, Request, hostile_server
 
@@ -550,18 +551,6 @@ def test_disk_full_through_the_cli_is_exit_4_and_a_rerun_completes(server: Hosti
     assert_downloaded(dest, server)
 
 
-def _can_mount_tmpfs(where: Path) -> bool:
-    try:
-        probe = subprocess.run(
-            ["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=1m tmpfs {where}"],
-            capture_output=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return probe.returncode == 0
-
-
 def test_a_real_full_tmpfs_is_exit_4_and_the_rerun_completes_once_space_is_freed(
     server: Hostile, tmp_path: Path
 ) -> None:
@@ -569,7 +558,7 @@ def test_a_real_full_tmpfs_is_exit_4_and_the_rerun_completes_once_space_is_freed
     the check before fetching cannot see it coming and the write itself meets ENOSPC."""
     dest = tmp_path / "dest"
     dest.mkdir()
-    if not _can_mount_tmpfs(dest):
+    if tmpfs_unavailable() is not None:
         pytest.skip(
             "this machine cannot mount a tmpfs in a user namespace (the injected ENOSPC tests cover it)"
         )

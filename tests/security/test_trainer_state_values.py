@@ -13,17 +13,7 @@ import torch
 
 from olmo_cli.checkpoint.unsharded import read_unsharded
 from olmo_cli.errors import CheckpointError
-from tests.security._checkpoints import assert_one_error, cached_run, edit_train_pt, olmo
-
-
-@pytest.fixture(scope="module")
-def factory(tmp_path_factory):
-    return tmp_path_factory.mktemp("trained")
-
-
-@pytest.fixture
-def checkpoint(factory, tmp_path):
-    return cached_run(factory, tmp_path)
+from tests.security._checkpoints import assert_one_error, edit_train_pt, olmo
 
 
 def _python_state(change):
