@@ -75,6 +75,13 @@ def merge_adapter(
     source = checkpoint if checkpoint is not None else adapter.base
     if source is None:
         raise UsageError(f"{adapter_file} does not record its base", hint="give --checkpoint BASE")
+    if checkpoint is None and adapter.base_fingerprint is None:
+        # The recorded base is a path written by whoever made the adapter: it is followed only when the
+        # base's weights can be checked against the adapter's fingerprint.
+        raise UsageError(
+            f"{adapter_file} names its base ({str(source)[:200]}) but carries no fingerprint to check it by",
+            hint="give the base explicitly with --checkpoint BASE",
+        )
     _refuse_non_base(Path(source))
     base = read_checkpoint(source)
     warnings = list(base.warnings)
