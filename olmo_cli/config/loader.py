@@ -63,7 +63,7 @@ def load_config(
     info = _preset_info(data.pop(PRESET_KEY, None), source)
     data, touched = apply_overrides(data, list(overrides))
     data = resolve_interpolations(data, source=source, error=file_error)
-    cfg = validate(data, source=source, overridden=touched)
+    cfg = validate(data, source=source, overridden=touched, file_error=file_error)
     return LoadedConfig(cfg, source, info, not_acted_on(cfg))
 
 
@@ -78,19 +78,28 @@ def _preset_info(raw: Any, source: str) -> PresetInfo | None:
 
 
 def validate(
-    data: dict[str, Any], *, source: str = "config", overridden: set[str] = frozenset()
+    data: dict[str, Any],
+    *,
+    source: str = "config",
+    overridden: set[str] = frozenset(),
+    file_error: type[OlmoError] = ConfigError,
 ) -> TrainConfig:
+    """A validated TrainConfig. An invalid setting is the file's fault (`file_error`) unless every
+    invalid one came from --set (then ConfigError: the command line is the user's to fix)."""
     try:
         return TrainConfig.model_validate(data)
     except ValidationError as e:
-        raise _translate(e, source, overridden) from None
+        raise _translate(e, source, overridden, file_error) from None
 
 
 # ---- turning pydantic's errors into one readable message -------------------------------------------
 
 
-def _translate(error: ValidationError, source: str, overridden: set[str]) -> ConfigError:
+def _translate(
+    error: ValidationError, source: str, overridden: set[str], file_error: type[OlmoError]
+) -> OlmoError:
     lines: dict[str, list[str]] = {}
+    from_file = False
     for err in error.errors(include_url=False):
         path, parent_model = _clean_loc(err["loc"])
         if err["type"] == "extra_forbidden":
@@ -102,10 +111,12 @@ def _translate(error: ValidationError, source: str, overridden: set[str]) -> Con
             text = _describe(err)
         if path in overridden:
             text += " (from --set)"
+        else:
+            from_file = True
         lines.setdefault(path or "(top level)", []).append(text)
     details = [f"{path}: {' or '.join(dict.fromkeys(texts))}" for path, texts in lines.items()]
     count = len(details)
-    return ConfigError(
+    return (file_error if from_file else ConfigError)(
         f"{source} has {count} invalid setting{'s' if count > 1 else ''}:",
         details=details,
         hint="fix the value in the file or with --set KEY=VALUE; "

@@ -94,3 +94,17 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def test_an_invalid_setting_in_a_runs_config_is_the_checkpoints_fault_one_from_set_the_users(
+    checkpoint, tmp_path
+):
+    config = checkpoint.parent / "config.yaml"
+    good = config.read_text()
+    config.write_text(good.replace("  n_layers: 2\n", "  n_layers: -2\n", 1))
+    proc = olmo("resume", str(checkpoint.parent), "--set", "stop_at=3", cwd=tmp_path)
+    assert_one_error(proc, 4, "model.n_layers", str(config))
+
+    config.write_text(good)
+    proc = olmo("resume", str(checkpoint.parent), "--set", "model.n_layers=-2", cwd=tmp_path)
+    assert_one_error(proc, 2, "model.n_layers", "(from --set)")
