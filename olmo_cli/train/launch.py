@@ -174,9 +174,33 @@ class LaunchOutcome:
     interrupted: bool = False  # a second Ctrl-C stopped the job at once
 
 
+_REPORTS_PREFIX = "olmo-ranks-"
+
+
+def _remove_stale_reports() -> None:
+    """Report directories of parents that were killed (kill -9 leaves no chance to clean up): those whose
+    PID, in the name, no longer runs."""
+    root = Path(tempfile.gettempdir())
+    try:
+        candidates = list(root.glob(f"{_REPORTS_PREFIX}*-*"))
+    except OSError:
+        return
+    for path in candidates:
+        pid = path.name[len(_REPORTS_PREFIX) :].split("-", 1)[0]
+        try:
+            if not pid.isdigit() or path.is_symlink() or path.stat().st_uid != os.getuid():
+                continue
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except (PermissionError, OverflowError, OSError):
+            continue
+
+
 def run_workers(nproc_per_node: int, argv: list[str], *, env: dict[str, str] | None = None) -> LaunchOutcome:
     """`relaunch_with_torchrun`, and how the job ended according to its workers' reports."""
-    reports = Path(tempfile.mkdtemp(prefix="olmo-ranks-"))
+    _remove_stale_reports()
+    reports = Path(tempfile.mkdtemp(prefix=f"{_REPORTS_PREFIX}{os.getpid()}-"))
     forwarded: list[int] = []
     try:
         env = {**(env or {}), REPORTS_ENV: str(reports)}

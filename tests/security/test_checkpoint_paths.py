@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from olmo_cli.checkpoint.sharded import MODEL_AND_OPTIM
+from olmo_cli.errors import CheckpointError
+from olmo_cli.model.load import read_checkpoint
 from tests.security._checkpoints import assert_one_error, edit_train_pt, olmo, tree_state, victims
 
 LISTS = ("checkpoints", "unsharded_checkpoints", "ephemeral_checkpoints")
@@ -48,7 +50,21 @@ def retention(keep: int) -> list[str]:
     ]
 
 
-@pytest.mark.parametrize(("which", "keep"), [(0, -1), (0, 1), (1, -1), (2, 1), (3, -1), (4, 1)])
+@pytest.mark.parametrize("which", range(5))
+@pytest.mark.parametrize("key", LISTS)
+def test_every_list_refuses_every_traversal_name(tmp_path, which, key):
+    from olmo_cli.errors import CheckpointError
+    from olmo_cli.train.callbacks.checkpointer import checked_lists
+
+    name = traversal_names(tmp_path)[which]
+    with pytest.raises(CheckpointError, match=f"callbacks.checkpointer.{key} names .*refused"):
+        checked_lists({key: ["step1-unsharded", name]}, "train.pt")
+    assert checked_lists({key: ["step1", "step2-unsharded"]}, "train.pt") == {
+        key: ["step1", "step2-unsharded"]
+    }
+
+
+@pytest.mark.parametrize(("which", "keep"), [(0, -1), (1, 1), (2, -1)])
 def test_traversal_names_in_the_runs_own_checkpoint_are_refused(checkpoint, tmp_path, keep, which):
     victims(tmp_path)
     forge_lists(checkpoint, [traversal_names(tmp_path)[which]])
@@ -156,9 +172,11 @@ def test_dcp_storage_paths_out_of_the_checkpoint_are_refused(checkpoint, tmp_pat
         os.symlink(secret, sharded / MODEL_AND_OPTIM / "link.distcp")
     forge_storage_paths(sharded, target)
 
-    proc = olmo("generate", str(sharded), "--prompt", "1 2 3", "--max-new-tokens", "2", cwd=tmp_path)
-
-    assert_one_error(proc, 4, "relative_path", "refused")
+    if kind == "parent":  # once through the command line, for the exit code and the one message
+        proc = olmo("generate", str(sharded), "--prompt", "1 2 3", "--max-new-tokens", "2", cwd=tmp_path)
+        assert_one_error(proc, 4, "relative_path", "refused")
+    with pytest.raises(CheckpointError, match="relative_path.*refused"):
+        read_checkpoint(sharded)
 
 
 def test_dcp_byte_ranges_beyond_the_file_are_refused(checkpoint, tmp_path, monkeypatch):
@@ -171,9 +189,8 @@ def test_dcp_byte_ranges_beyond_the_file_are_refused(checkpoint, tmp_path, monke
     first.length = 2**40
     meta_file.write_bytes(pickle.dumps(metadata))
 
-    proc = olmo("generate", str(sharded), "--prompt", "1 2 3", "--max-new-tokens", "2", cwd=tmp_path)
-
-    assert_one_error(proc, 4, "truncated or damaged")
+    with pytest.raises(CheckpointError, match="truncated or damaged"):
+        read_checkpoint(sharded)
 
 
 # ---- Hugging Face weight index ----------------------------------------------------------------------
@@ -181,9 +198,10 @@ def test_dcp_byte_ranges_beyond_the_file_are_refused(checkpoint, tmp_path, monke
 
 @pytest.mark.parametrize("kind", ["parent", "absolute", "symlink"])
 def test_hf_weight_map_entries_out_of_the_directory_are_refused(checkpoint, tmp_path, kind):
+    from olmo_cli.convert.export import export_hf
+
     hf = tmp_path / "hf"
-    proc = olmo("convert-hf", str(checkpoint), "--output", str(hf), "--max-shard-size", "20KB", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
+    export_hf(read_checkpoint(checkpoint), None, hf, max_shard_bytes=20_000)
     index_file = hf / "model.safetensors.index.json"
     index = json.loads(index_file.read_text())
     first = sorted(set(index["weight_map"].values()))[0]
@@ -195,7 +213,9 @@ def test_hf_weight_map_entries_out_of_the_directory_are_refused(checkpoint, tmp_
     index["weight_map"] = {k: (name if v == first else v) for k, v in index["weight_map"].items()}
     index_file.write_text(json.dumps(index))
 
-    proc = olmo("convert-hf", "--from-hf", str(hf), "--output", str(tmp_path / "back"), cwd=tmp_path)
-
-    assert_one_error(proc, 4, "weight_map", "refused")
-    assert not (tmp_path / "back").exists()
+    with pytest.raises(CheckpointError, match="weight_map.*refused"):
+        read_checkpoint(hf)
+    if kind == "parent":
+        proc = olmo("convert-hf", "--from-hf", str(hf), "--output", str(tmp_path / "back"), cwd=tmp_path)
+        assert_one_error(proc, 4, "weight_map", "refused")
+        assert not (tmp_path / "back").exists()

@@ -14,6 +14,7 @@ Every job is a real `olmo` process; every wait has a deadline.
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -254,3 +255,23 @@ def test_sigterm_stops_a_two_process_run_with_exit_75_after_a_checkpoint(tmp_pat
     saved = checkpoints(run_dir)
     assert len(saved) == 1 and not saved[0].endswith("-unsharded")  # the sharded save at the stop
     assert (run_dir / "latest").resolve().name == saved[0]
+
+
+def test_report_folders_of_killed_parents_are_removed_by_the_next_launch(tmp_path, monkeypatch):
+    """kill -9 of `olmo` leaves its workers' report folder in the temp directory; the next launch
+    removes the folders of parents that no longer run, and only those."""
+    import tempfile
+
+    from olmo_cli.train import launch
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f"olmo-ranks-{dead.pid}-abc"
+    live = tmp_path / f"olmo-ranks-{os.getpid()}-def"
+    other = tmp_path / "olmo-ranks-notapid-x"
+    for folder in (stale, live, other):
+        folder.mkdir()
+        (folder / "rank0.json").write_text("{}")
+    launch._remove_stale_reports()
+    assert not stale.exists() and live.is_dir() and other.is_dir()
