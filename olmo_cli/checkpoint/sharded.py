@@ -288,11 +288,18 @@ def _optim_targets(optim: torch.optim.Optimizer, metadata: Any) -> dict[str, dic
 
 
 def _read_groups(directory: Path, optim: torch.optim.Optimizer) -> list[dict[str, Any]]:
+    from olmo_cli.untrusted import read_json_text
+
     path = directory / OPTIM_GROUPS
+    text = read_json_text(path, limit=64 << 20, error=CheckpointError, what="optimizer groups")
     try:
-        groups = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"cannot read {path}: {e}") from None
+        groups = json.loads(text)
+    except (ValueError, RecursionError) as e:
+        raise CheckpointError(f"cannot read {path}: {str(e)[:200] or 'nested too deeply'}") from None
+    if not isinstance(groups, list) or not all(
+        isinstance(g, dict) and isinstance(g.get("param_names", []), list) for g in groups
+    ):
+        raise CheckpointError(f"{path} is not a list of optimizer groups with their parameter names")
     live = optim.param_groups
     saved_names = [[clean_param_name(n) for n in g.get("param_names", [])] for g in groups]
     live_names = [[clean_param_name(n) for n in g["param_names"]] for g in live]

@@ -202,20 +202,23 @@ _WIDE_BOMS = {
 def read_config_text(path: Path, *, error: type[OlmoError] = ConfigError) -> str:
     """The text of a config file: at most MAX_CONFIG_BYTES of UTF-8 (a UTF-8 byte order mark is
     allowed); anything else is one `error` naming the file."""
+    from olmo_cli.untrusted import NotARegularFile, TooLarge, read_limited
+
     try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_CONFIG_BYTES + 1)
+        raw = read_limited(path, MAX_CONFIG_BYTES)
+    except TooLarge:
+        raise error(
+            f"config file {path} is larger than {MAX_CONFIG_BYTES // 2**20} MiB, too large for a config",
+            hint="a config is a few hundred KB of text at most; check that this is the file you meant",
+        ) from None
+    except NotARegularFile:
+        raise error(f"config file {path} is not a regular file (a device or FIFO)") from None
     except FileNotFoundError:
         raise error(f"config file {path} does not exist", hint="check the path") from None
     except IsADirectoryError:
         raise error(f"config file {path} is a directory", hint="give the YAML file inside it") from None
     except OSError as e:
         raise error(f"cannot read config file {path}: {e.strerror}") from None
-    if len(raw) > MAX_CONFIG_BYTES:
-        raise error(
-            f"config file {path} is larger than {MAX_CONFIG_BYTES // 2**20} MiB, too large for a config",
-            hint="a config is a few hundred KB of text at most; check that this is the file you meant",
-        )
     for bom, name in _WIDE_BOMS.items():  # UTF-32 first: its LE mark begins with UTF-16's
         if raw.startswith(bom):
             raise error(f"config file {path} is {name} text", hint="save it as UTF-8")

@@ -47,15 +47,21 @@ class HFCheckpoint:
     warnings: list[str] = field(default_factory=list)
 
 
+_MAX_CONFIG_JSON_BYTES = 1 << 20  # a transformers config.json is a few KB
+
+
 def is_hf_dir(path: Path) -> bool:
     """A directory with a `config.json` naming a `model_type` (how transformers recognises one)."""
     config = path / "config.json"
     if not config.is_file():
         return False
+    from olmo_cli.untrusted import read_limited
+
     try:
-        return "model_type" in json.loads(config.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError):
+        found = json.loads(read_limited(config, _MAX_CONFIG_JSON_BYTES).decode("utf-8"))
+    except (OSError, ValueError, RecursionError):  # TooLarge and UnicodeDecodeError are ValueErrors
         return False
+    return isinstance(found, dict) and "model_type" in found
 
 
 def _read_config_json(path: Path) -> dict[str, Any]:
@@ -65,10 +71,13 @@ def _read_config_json(path: Path) -> dict[str, Any]:
             f"{path} has no config.json",
             hint="give a Hugging Face model directory (as written by save_pretrained)",
         )
+    from olmo_cli.untrusted import read_json_text
+
+    text = read_json_text(file, limit=_MAX_CONFIG_JSON_BYTES, error=CheckpointError, what="a model config")
     try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{file} is not valid JSON: {e}") from None
+        data = json.loads(text)
+    except (ValueError, RecursionError) as e:
+        raise CheckpointError(f"{file} is not valid JSON: {str(e)[:200] or 'nested too deeply'}") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{file} is not a JSON object")
     return data
@@ -179,13 +188,11 @@ def _indexed_files(path: Path, index: Path, index_name: str) -> list[Path]:
     """The weight files an index names: plain names of files in `path` (a Hugging Face cache snapshot's
     files may be symlinks into the cache's `blobs/`, which is admitted)."""
     from olmo_cli.checkpoint.names import checked_child
+    from olmo_cli.untrusted import read_json_text
 
+    text = read_json_text(index, limit=_MAX_INDEX_BYTES, error=CheckpointError, what="a weight index")
     try:
-        if index.stat().st_size > _MAX_INDEX_BYTES:
-            raise CheckpointError(
-                f"{index} is larger than {_MAX_INDEX_BYTES // 2**20} MiB: not a weight index"
-            )
-        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        weight_map = json.loads(text)["weight_map"]
         if not isinstance(weight_map, dict):
             raise TypeError(f"weight_map is a {type(weight_map).__name__}, not a mapping")
     except (ValueError, KeyError, TypeError, RecursionError) as e:

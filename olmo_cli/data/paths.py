@@ -94,14 +94,15 @@ def read_manifest(directory: Path) -> Manifest | None:
 
 
 def _load_json(path: Path) -> Any:
+    from olmo_cli.untrusted import TooLarge, read_limited
+
     try:
-        size = path.stat().st_size
-        if size > MAX_MANIFEST_BYTES:
-            raise DataError(
-                f"{path} is {size:,} bytes, more than the {MAX_MANIFEST_BYTES:,} a manifest may be",
-                hint="a manifest lists token files; this one is damaged or not a manifest: " + _REDO,
-            )
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(read_limited(path, MAX_MANIFEST_BYTES).decode("utf-8"))
+    except TooLarge:
+        raise DataError(
+            f"{path} is more than the {MAX_MANIFEST_BYTES:,} bytes a manifest may be",
+            hint="a manifest lists token files; this one is damaged or not a manifest: " + _REDO,
+        ) from None
     except (OSError, UnicodeDecodeError, ValueError) as e:  # JSONDecodeError is a ValueError
         raise DataError(f"{path} is not readable JSON: {e}", hint=_REDO) from e
     except RecursionError:

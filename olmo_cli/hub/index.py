@@ -212,16 +212,17 @@ def parse_index(text: str, source: str) -> CheckpointIndex:
 
 def read_index_file(path: Path, source: str) -> CheckpointIndex:
     """An index from a file on disk: at most MAX_INDEX_BYTES, UTF-8, then parsed."""
+    from olmo_cli.untrusted import TooLarge, read_limited
+
     try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_INDEX_BYTES + 1)
-    except OSError as exc:
-        raise UsageError(f"cannot read the index {source}: {exc.strerror or exc}") from exc
-    if len(raw) > MAX_INDEX_BYTES:
+        raw = read_limited(path, MAX_INDEX_BYTES)
+    except TooLarge:
         raise ConfigError(
             f"{source} is not a checkpoint index: larger than {MAX_INDEX_BYTES >> 20} MiB (the limit)",
             hint="use an index in upstream's format (checkpoints/official/*.csv)",
-        )
+        ) from None
+    except OSError as exc:  # a device or FIFO too
+        raise UsageError(f"cannot read the index {source}: {exc.strerror or exc}") from exc
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

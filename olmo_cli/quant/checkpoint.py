@@ -109,7 +109,13 @@ def _header_layout(weights: Path) -> dict | None:
             text = (f.metadata() or {}).get(METADATA_KEY)
     except Exception as e:  # noqa: BLE001 - any damage to the file reads as one message
         raise CheckpointError(f"{weights} is not a readable safetensors file: {e}") from None
-    return json.loads(text) if text else None
+    if not text:
+        return None
+    try:
+        found = json.loads(text)
+    except (ValueError, RecursionError):
+        raise CheckpointError(f"{weights}: its quantization metadata is not valid JSON") from None
+    return found if isinstance(found, dict) else None
 
 
 def read_quantized_files(path: Path | str) -> QuantizedFiles:
@@ -119,7 +125,10 @@ def read_quantized_files(path: Path | str) -> QuantizedFiles:
 
     path = Path(path)
     settings_file, weights = path / SETTINGS_FILE, path / WEIGHTS_FILE
-    layout = QuantLayout.from_json(settings_file.read_text(encoding="utf-8"), source=str(settings_file))
+    from olmo_cli.untrusted import read_json_text
+
+    text = read_json_text(settings_file, limit=1 << 20, error=CheckpointError, what="a quantization record")
+    layout = QuantLayout.from_json(text, source=str(settings_file))
     if not weights.is_file():
         raise CheckpointError(
             f"{path} has {SETTINGS_FILE} but no {WEIGHTS_FILE}", hint="the quantized checkpoint is incomplete"

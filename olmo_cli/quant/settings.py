@@ -85,8 +85,10 @@ class QuantLayout:
         """Parses and checks the record; anything unknown or inconsistent is a CheckpointError."""
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise CheckpointError(f"{source} is not valid JSON: {e}") from None
+        except (ValueError, RecursionError) as e:
+            raise CheckpointError(
+                f"{source} is not valid JSON: {str(e)[:200] or 'nested too deeply'}"
+            ) from None
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise CheckpointError(
                 f"{source} is not an olmo quantization record (format {_get(data, 'format')!r})",
