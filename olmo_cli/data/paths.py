@@ -93,6 +93,13 @@ def read_manifest(directory: Path) -> Manifest | None:
     )
 
 
+def _size_of(path: Path) -> str:
+    try:
+        return f"{path.stat().st_size:,}"
+    except OSError:
+        return "more than that many"
+
+
 def _load_json(path: Path) -> Any:
     from olmo_cli.untrusted import TooLarge, read_limited
 
@@ -100,7 +107,7 @@ def _load_json(path: Path) -> Any:
         return json.loads(read_limited(path, MAX_MANIFEST_BYTES).decode("utf-8"))
     except TooLarge:
         raise DataError(
-            f"{path} is more than the {MAX_MANIFEST_BYTES:,} bytes a manifest may be",
+            f"{path} is {_size_of(path)} bytes, more than the {MAX_MANIFEST_BYTES:,} a manifest may be",
             hint="a manifest lists token files; this one is damaged or not a manifest: " + _REDO,
         ) from None
     except (OSError, UnicodeDecodeError, ValueError) as e:  # JSONDecodeError is a ValueError
