@@ -9,6 +9,8 @@ A global batch is the same whatever the world size; only its split over ranks ch
 
 from __future__ import annotations
 
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +24,14 @@ from olmo_cli.data.order import DataOrder, compute_order, load_order, rank_posit
 from olmo_cli.data.summary import check_vocab
 from olmo_cli.errors import DataError
 
-__all__ = ["BatchLoader", "DeviceBatch", "RUN_ORDER_FILE"]
+__all__ = ["BatchLoader", "DeviceBatch", "RUN_ORDER_FILE", "given_order_copy"]
+
+
+def given_order_copy(epoch: int) -> Path:
+    """Where a run keeps the order file it was given for `epoch`, relative to the run directory: the
+    trainer state names this copy (never a file elsewhere), and it survives the rewrite of
+    `global_indices.npy` at each new epoch, so an older checkpoint resumes in the given order too."""
+    return Path("train_data") / f"given-order-epoch{epoch}.npy"
 
 
 @dataclass(frozen=True)
@@ -137,10 +146,26 @@ class BatchLoader:
         return DeviceBatch(torch.from_numpy(ids), mask, indices, problem)
 
     def write_order(self, epoch: int, run_dir: Path) -> Path:
-        """Writes the epoch's order to `run_dir/train_data/global_indices.npy`, as upstream does."""
+        """Writes the epoch's order to `run_dir/train_data/global_indices.npy`, as upstream does; a given
+        order file is kept as `given_order_copy(epoch)` too (the two share their bytes where the file
+        system allows a hard link)."""
         target = run_dir / RUN_ORDER_FILE
-        if self.order_file is not None and epoch == self.order_epoch:
-            source = Path(self.order_file)
-            if source.exists() and target.exists() and source.resolve() == target.resolve():
-                return target  # resuming from the run's own order file: it is already there
-        return write_order(target, self.order(epoch))
+        if self.order_file is None or epoch != self.order_epoch:
+            return write_order(target, self.order(epoch))
+        copy = run_dir / given_order_copy(epoch)
+        source = Path(self.order_file)
+        if not (source.exists() and copy.exists() and source.resolve() == copy.resolve()):
+            write_order(copy, self.order(epoch))
+        _share(copy, target)
+        return target
+
+
+def _share(source: Path, target: Path) -> None:
+    """`target` becomes a hard link to `source` (a copy where links are impossible), replaced atomically."""
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.link")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copyfile(source, tmp)
+    os.replace(tmp, target)

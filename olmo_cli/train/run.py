@@ -33,7 +33,7 @@ from olmo_cli.train.callbacks.metrics_file import METRICS_FILE, MetricsFile
 from olmo_cli.train.distributed import World, close_world, init_world
 from olmo_cli.train.events import Event, EventSink, Message, RunFinished, RunStarted
 from olmo_cli.train.fits import check_model_fits
-from olmo_cli.train.loader import RUN_ORDER_FILE, BatchLoader
+from olmo_cli.train.loader import BatchLoader, given_order_copy
 from olmo_cli.train.loop import Schedule, StopReason, Trainer, autocast_dtype
 from olmo_cli.train.plan import batch_split
 from olmo_cli.train.prepare import (
@@ -214,9 +214,9 @@ def _loader(
         order_file = str(Path(options.data_order_file).expanduser().resolve())
         state.data_order_epoch = state.epoch
     elif state.data_order_file is not None:
-        order_file = str(_recorded_order_file(state.data_order_file, checkpoint))
-    if order_file is not None:
-        state.data_order_file = RUN_ORDER_FILE.as_posix()
+        order_file = str(_recorded_order_file(state.data_order_file, state.data_order_epoch, checkpoint))
+    if order_file is not None and state.data_order_epoch is not None:
+        state.data_order_file = given_order_copy(state.data_order_epoch).as_posix()
     return BatchLoader(
         dataset,
         cfg,
@@ -228,27 +228,23 @@ def _loader(
     )
 
 
-def _recorded_order_file(recorded: str, checkpoint: Path | None) -> Path:
-    """The order file a checkpoint's trainer state names: only the copy in the run directory that holds
-    the checkpoint (an absolute path to that same file, from older checkpoints, is accepted too)."""
+def _recorded_order_file(recorded: str, epoch: int | None, checkpoint: Path | None) -> Path:
+    """The order file a checkpoint's trainer state names: only the run's own copy of a given order
+    (`given_order_copy(epoch)`, in the run directory that holds the checkpoint)."""
     from olmo_cli.errors import CheckpointError
 
-    if checkpoint is not None:
-        copy = checkpoint.parent / RUN_ORDER_FILE
-        given = Path(recorded)
-        candidate = given if given.is_absolute() else checkpoint.parent / given
-        if given.as_posix() == RUN_ORDER_FILE.as_posix() or (
-            copy.is_file() and candidate.is_file() and candidate.resolve() == copy.resolve()
-        ):
-            if not copy.is_file():
-                raise CheckpointError(
-                    f"the trainer state of {checkpoint} trains on the data order in {copy}, which is missing",
-                    hint="give the order file again with --data-order-file",
-                )
+    if checkpoint is not None and epoch is not None and recorded == given_order_copy(epoch).as_posix():
+        copy = checkpoint.parent / recorded
+        if copy.is_file():
             return copy
+        raise CheckpointError(
+            f"the trainer state of {checkpoint} trains epoch {epoch} in the data order kept in {copy}, "
+            "which is missing",
+            hint="give the order file again with --data-order-file",
+        )
     raise CheckpointError(
         f"the trainer state of {checkpoint} names the data order file {recorded[:200]!r}, which is not "
-        f"its run's copy ({RUN_ORDER_FILE}); refused",
+        "its run's own copy; refused",
         hint="a checkpoint may not point at files elsewhere; give the order file with --data-order-file",
     )
 

@@ -98,6 +98,30 @@ def test_a_given_data_order_file_is_trained_in_and_kept_on_resume(tmp_path):
     assert losses(tmp_path / "run") == losses(tmp_path / "whole" / "run")
 
 
+def test_a_given_order_survives_the_next_epoch_for_an_older_checkpoint(tmp_path):
+    """global_indices.npy is rewritten when epoch 1 begins; a checkpoint from epoch 0 still resumes in
+    the given order (the run keeps its own copy of it), as a run that never stopped."""
+    order = np.arange(63, -1, -1, dtype="<u4")
+    order.tofile(tmp_path / "order.u32")
+    cfg = run_config(tmp_path, stop_at=10, max_duration=10)  # 8 steps per epoch: epoch 1 begins at 9
+    quiet_run(cfg, data_order_file=str(tmp_path / "order.u32"))
+    written = np.fromfile(tmp_path / "run" / "train_data" / "global_indices.npy", dtype="<u4")
+    assert not np.array_equal(written, order)  # epoch 1's own order by now
+    later = cfg.model_copy(
+        update={
+            "save_folder": str(tmp_path / "later"),
+            "load_path": str(tmp_path / "run" / "step3-unsharded"),
+        }
+    )
+    later = later.model_copy(update={"stop_at": 5})
+    quiet_run(later, continuing=True)
+    whole = run_config(tmp_path / "whole", stop_at=5)
+    quiet_run(whole, data_order_file=str(tmp_path / "order.u32"))
+    assert {s: losses(tmp_path / "later")[s] for s in (4, 5)} == {
+        s: losses(tmp_path / "whole" / "run")[s] for s in (4, 5)
+    }
+
+
 def test_gradient_accumulation_does_not_change_the_losses(tmp_path):
     one = run_config(tmp_path / "a", device_train_microbatch_size=8)
     four = run_config(tmp_path / "b", device_train_microbatch_size=2)
