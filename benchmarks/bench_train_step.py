@@ -2,7 +2,7 @@
 
 Measured in one run, on the same batch, dtype and thread count:
 - ours: `build_model`, bf16 autocast (the presets' `amp_bf16`), the trainer's loss
-  (`train/loss.cross_entropy_loss`), backward, global-norm clipping and AdamW through `train/optim.py`;
+  (`model/loss.cross_entropy_loss`), backward, global-norm clipping and AdamW through `train/optim.py`;
 - transformers: `OlmoForCausalLM` with the same weights (mapped by `convert/hf.py`), its default
   attention (SDPA), its own loss (`labels=`), backward, `clip_grad_norm_` and torch's AdamW with the
   fused kernel (faster on CPU than torch's default; the strongest plain-torch baseline), that is what a
@@ -41,7 +41,7 @@ from olmo_cli.config.loader import load_config  # noqa: E402
 from olmo_cli.config.schema import TrainConfig  # noqa: E402
 from olmo_cli.convert.hf import hf_config_dict, to_hf_state_dict  # noqa: E402
 from olmo_cli.model.olmo import build_model  # noqa: E402
-from olmo_cli.train.loss import cross_entropy_loss  # noqa: E402
+from olmo_cli.model.loss import cross_entropy_loss  # noqa: E402
 from olmo_cli.train.optim import build_optimizer, clip_and_step  # noqa: E402
 from olmo_cli.train.speed import measure_matmul_peak  # noqa: E402
 

@@ -1,33 +1,12 @@
-"""Checkpoint reading and writing in upstream OLMo's layouts; every foreign pickle is read restricted."""
+"""Our and upstream OLMo's checkpoints: their layouts, kinds, and the readers and writers of each.
 
-from olmo_cli.checkpoint.layout import (
-    checkpoint_dir_name,
-    find_latest_checkpoint,
-    is_unsharded,
-    parse_step,
-    resolve_state_file,
-)
-from olmo_cli.checkpoint.model_state import check_model_state
-from olmo_cli.checkpoint.olmo_safetensors import (
-    decode_state,
-    encode_state,
-    load_olmo_safetensors,
-    save_olmo_safetensors,
-)
-from olmo_cli.checkpoint.unsharded import UnshardedCheckpoint, read_unsharded, write_unsharded
-
-__all__ = [
-    "UnshardedCheckpoint",
-    "check_model_state",
-    "checkpoint_dir_name",
-    "decode_state",
-    "encode_state",
-    "find_latest_checkpoint",
-    "is_unsharded",
-    "load_olmo_safetensors",
-    "parse_step",
-    "read_unsharded",
-    "resolve_state_file",
-    "save_olmo_safetensors",
-    "write_unsharded",
-]
+- `layout`: every file and directory name (stepN/, stepN-unsharded/, model.safetensors, ...), the
+  latest checkpoint of a folder.
+- `kind`: what a path holds, from its files alone (unsharded, sharded, hf, quantized, adapter).
+- `weights`: `CheckpointWeights` / `CheckpointConfig`, what reading any kind gives.
+- `unsharded`, `sharded`: upstream's unsharded directory and our torch.distributed.checkpoint one.
+- `model_state`, `optim_state`, `trainer_state`: a model / AdamW / train.pt state in canonical form.
+- `olmo_safetensors`: upstream's key encoding inside .safetensors files.
+- `safe_pickle`, `dcp_safe`, `names`: reading foreign files without running code or leaving the directory.
+Reading any checkpoint by kind is `olmo_cli.load`, one layer up.
+"""

@@ -1,7 +1,8 @@
 """Where checkpoints live in a save folder, what they are called, and which file holds what.
 
 Upstream names them `step{N}` (sharded) and `step{N}-unsharded`, with N the number of completed
-optimizer steps, directly inside the save folder.
+optimizer steps, directly inside the save folder. Every file and directory name by which a checkpoint
+kind is recognised is defined here (the kind detector is `olmo_cli.checkpoint.kind`).
 """
 
 from __future__ import annotations
@@ -10,19 +11,39 @@ import re
 from pathlib import Path
 
 __all__ = [
+    "ADAPTER_FILE",
+    "CONFIG_FILE",
+    "HF_CONFIG_FILE",
+    "MODEL_STEM",
+    "QUANT_SETTINGS_FILE",
+    "QUANT_WEIGHTS_FILE",
+    "SHARDED_MARKERS",
+    "SHARDED_MODEL_DIR",
+    "SHARDED_TRAIN_DIR",
+    "TOKENIZER_FILE",
     "UNSHARDED_SUFFIX",
     "checkpoint_dir_name",
     "find_latest_checkpoint",
     "hint_previous_checkpoint",
-    "is_unsharded",
     "parse_step",
     "resolve_state_file",
 ]
 
 UNSHARDED_SUFFIX = "-unsharded"
 _CHECKPOINT_NAME = re.compile(r"^step(?P<step>\d+)(?P<unsharded>-unsharded)?$")
-# What a sharded checkpoint directory holds instead of a model file (section 4.6 of the reference).
-_SHARDED_MARKERS = ("rank0.pt", "model_and_optim", "model")
+
+CONFIG_FILE = "config.yaml"  # the run's config, in every native checkpoint
+TOKENIZER_FILE = "tokenizer.json"  # a tokenizer stored with a checkpoint wins over config.tokenizer
+MODEL_STEM = "model"  # model.safetensors or model.pt (unsharded)
+SHARDED_MODEL_DIR = "model_and_optim"  # our sharded checkpoints: torch.distributed.checkpoint's files
+SHARDED_TRAIN_DIR = "train"  # our sharded checkpoints: train/rank{R}.pt
+# What a sharded checkpoint directory holds instead of a model file: ours (model_and_optim/), upstream's
+# legacy sharded layout (rank{R}.pt) and OLMo-core's (model/).
+SHARDED_MARKERS = (SHARDED_MODEL_DIR, "rank0.pt", MODEL_STEM)
+HF_CONFIG_FILE = "config.json"  # a Hugging Face model directory
+QUANT_SETTINGS_FILE = "quantization.json"  # a checkpoint written by `olmo quantize`
+QUANT_WEIGHTS_FILE = "quantized.safetensors"
+ADAPTER_FILE = "adapter.safetensors"  # a LoRA adapter (with its settings and base in the metadata)
 
 
 def checkpoint_dir_name(step: int, *, unsharded: bool) -> str:
@@ -93,18 +114,3 @@ def resolve_state_file(directory: Path, stem: str) -> Path | None:
         if candidate.is_file():
             return candidate
     return None
-
-
-def is_unsharded(path: Path | str) -> bool:
-    """Whether `path` is (or names) an unsharded checkpoint.
-
-    Upstream decides by the `-unsharded` suffix alone, so an unsharded checkpoint downloaded or copied to
-    `stepN/` would be opened as a sharded one. We also look inside: a directory with `model.safetensors`
-    or `model.pt` and none of the sharded layouts' files is unsharded whatever its name.
-    """
-    path = Path(str(path).rstrip("/\\") or str(path))
-    if path.name.endswith(UNSHARDED_SUFFIX):
-        return True
-    if not path.is_dir() or resolve_state_file(path, "model") is None:
-        return False
-    return not any((path / marker).exists() for marker in _SHARDED_MARKERS)

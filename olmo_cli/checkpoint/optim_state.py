@@ -17,7 +17,10 @@ import torch
 from olmo_cli.errors import CheckpointError
 from olmo_cli.model.state_dict import normalize_upstream_keys
 
-__all__ = ["normalize_optim_state"]
+__all__ = ["OLMO_GROUP_FIELDS", "normalize_optim_state"]
+
+# The fields upstream adds to every torch param group; they travel with the optimizer state.
+OLMO_GROUP_FIELDS = ("param_names", "sharded", "max_grad_norm", "max_grad_norm_ratio")
 
 
 def _check_shape(raw: Any, source: str) -> tuple[dict[Any, Any], list[dict[str, Any]]]:

@@ -35,18 +35,20 @@ from torch import nn
 from olmo_cli.atomic import disk_full_error, fsync_dir, is_disk_full
 from olmo_cli.checkpoint._files import fsync_file
 from olmo_cli.checkpoint.dcp_safe import SafeLoadPlanner, SafeReader
+from olmo_cli.checkpoint.layout import SHARDED_MODEL_DIR, SHARDED_TRAIN_DIR
+from olmo_cli.checkpoint.optim_state import OLMO_GROUP_FIELDS
 from olmo_cli.checkpoint.safe_pickle import check_plain, load_trainer_pickle
 from olmo_cli.checkpoint.trainer_state import batch_geometry, normalize_trainer_state
 from olmo_cli.checkpoint.unsharded import TMP_SUFFIX, _check_trainer_state, _move_into_place
 from olmo_cli.errors import CheckpointError, OlmoError
-from olmo_cli.train.distributed import World, all_reduce_sum, barrier, broadcast_object
-from olmo_cli.train.optim import OLMO_GROUP_FIELDS, clean_param_name
+from olmo_cli.model.state_dict import clean_param_name
+from olmo_cli.world import World, all_reduce_sum, barrier, broadcast_object
 
 __all__ = ["MODEL_AND_OPTIM", "OPTIM_GROUPS", "read_sharded", "write_sharded"]
 
-MODEL_AND_OPTIM = "model_and_optim"
+MODEL_AND_OPTIM = SHARDED_MODEL_DIR
 OPTIM_GROUPS = "optim_groups.json"
-TRAIN = "train"
+TRAIN = SHARDED_TRAIN_DIR
 # AdamW's per-parameter state (max_exp_avg_sq only with amsgrad).
 _STATE_KEYS = ("step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 # Group keys kept from the live optimizer on load: how torch runs here, what the config and schedule say

@@ -20,7 +20,7 @@ import torch
 
 from olmo_cli.atomic import disk_full_error, fsync_dir, is_disk_full
 from olmo_cli.checkpoint._files import fsync_file
-from olmo_cli.checkpoint.layout import parse_step, resolve_state_file
+from olmo_cli.checkpoint.layout import SHARDED_MARKERS, parse_step, resolve_state_file
 from olmo_cli.checkpoint.model_state import check_model_state, normalize_model_state
 from olmo_cli.checkpoint.olmo_safetensors import compact, load_olmo_safetensors, save_olmo_safetensors
 from olmo_cli.checkpoint.optim_state import normalize_optim_state
@@ -225,7 +225,7 @@ def _read_config(directory: Path, warnings: list[str]) -> tuple[str | None, dict
 def _read_model(directory: Path) -> tuple[dict[str, torch.Tensor], list[str]]:
     path = resolve_state_file(directory, "model")
     if path is None:
-        sharded = any((directory / name).exists() for name in ("rank0.pt", "model_and_optim", "model"))
+        sharded = any((directory / name).exists() for name in SHARDED_MARKERS)
         raise CheckpointError(
             f"{directory} has no model.safetensors or model.pt",
             hint="this looks like a sharded checkpoint; unshard it first"

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from olmo_cli.eval.perplexity_sources import PplResult
     from olmo_cli.eval.results import EvalRun
     from olmo_cli.eval.taskfile import TaskData
-    from olmo_cli.model.load import CheckpointWeights
+    from olmo_cli.checkpoint.weights import CheckpointWeights
 
 
 @dataclass
@@ -102,7 +102,8 @@ def run(req: Request) -> None:
     tasks = _selected_tasks(req)  # bad task names and files fail here, before torch is even imported
     from olmo_cli import ui
     from olmo_cli.commands._options import resolve_device, resolve_dtype
-    from olmo_cli.model.load import load_model, load_tokenizer, read_checkpoint
+    from olmo_cli.load.build import load_model, load_tokenizer
+    from olmo_cli.load.read import read_checkpoint
 
     assert req.checkpoint is not None
     where = resolve_device(req.device)

@@ -75,7 +75,8 @@ def _export(
     from olmo_cli import ui
     from olmo_cli.convert.export import export_hf, parse_size
     from olmo_cli.errors import OlmoError, UsageError
-    from olmo_cli.model.load import load_tokenizer, read_checkpoint, require_full_precision
+    from olmo_cli.load.build import load_tokenizer, require_full_precision
+    from olmo_cli.load.read import read_checkpoint
 
     max_bytes = parse_size(max_shard_size)
     found = read_checkpoint(checkpoint)

@@ -13,8 +13,8 @@ from olmo_cli.commands._options import ConfigOption, JsonOption, OverwriteOption
 from olmo_cli.commands.train import DeviceOption, NoWandbOption, NprocOption
 
 if TYPE_CHECKING:
+    from olmo_cli.checkpoint.weights import CheckpointConfig
     from olmo_cli.config.schema import TrainConfig
-    from olmo_cli.train.finetune import BaseCheckpoint
 
 LORA_TARGETS = ("att_proj", "attn_out", "ff_proj", "ff_out")
 
@@ -198,7 +198,7 @@ def _lora_settings(
     return settings
 
 
-def _announce(cfg: TrainConfig, base: BaseCheckpoint) -> None:
+def _announce(cfg: TrainConfig, base: CheckpointConfig) -> None:
     """What is about to happen, in the words of the finetune (the live display shows the run)."""
     from olmo_cli import ui
 
@@ -277,9 +277,10 @@ def merge(
       olmo finetune merge runs/OLMo-1B-hf-lora/adapter.safetensors -k hf/OLMo-1B-hf -o ckpt/merged --json
     """
     from olmo_cli import ui
-    from olmo_cli.model.lora_merge import merge_adapter
+    from olmo_cli.load.adapter import merge_adapter, read_adapter_base
 
-    result = merge_adapter(adapter, checkpoint, output, force=force, overwrite=overwrite)
+    base = read_adapter_base(adapter, checkpoint)
+    result = merge_adapter(adapter, base, output, force=force, overwrite=overwrite)
     for warning in result.warnings:
         ui.warn(warning)
     summary = {

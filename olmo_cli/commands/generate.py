@@ -109,7 +109,8 @@ def generate(
     from olmo_cli import ui
     from olmo_cli.errors import UsageError
     from olmo_cli.model.generate import GenerationSettings, check_cache_fits
-    from olmo_cli.model.load import load_model, load_tokenizer, read_checkpoint
+    from olmo_cli.load.build import load_model, load_tokenizer
+    from olmo_cli.load.read import read_checkpoint
 
     try:  # checked before the (slow) model load
         settings = GenerationSettings(max_new_tokens, temperature, top_k, top_p, seed)

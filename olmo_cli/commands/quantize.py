@@ -11,8 +11,8 @@ import typer
 from olmo_cli.commands._options import JsonOption, OverwriteOption
 
 if TYPE_CHECKING:
-    from olmo_cli.model.load import CheckpointWeights
-    from olmo_cli.quant.report import Measurement
+    from olmo_cli.checkpoint.weights import CheckpointWeights
+    from olmo_cli.eval.quantized import Measurement
 
 
 class Method(str, Enum):
@@ -131,7 +131,8 @@ def quantize(
 
 def _read_full_precision(checkpoint: Path) -> CheckpointWeights:
     from olmo_cli import ui
-    from olmo_cli.model.load import read_checkpoint, require_full_precision
+    from olmo_cli.load.build import require_full_precision
+    from olmo_cli.load.read import read_checkpoint
 
     found = read_checkpoint(checkpoint)
     require_full_precision(found, "quantizing")
@@ -155,7 +156,7 @@ def _native(
     from olmo_cli.atomic import check_output_dir
     from olmo_cli.config.yamlio import dump_yaml
     from olmo_cli.errors import OlmoError, UsageError
-    from olmo_cli.model.load import load_tokenizer
+    from olmo_cli.load.build import load_tokenizer
     from olmo_cli.quant.checkpoint import write_quantized
     from olmo_cli.quant.model import quantize_state
     from olmo_cli.quant.settings import QuantLayout, QuantSettings
@@ -194,13 +195,13 @@ def _native(
 
 
 def _dataset(eval_data: list[str], found: CheckpointWeights) -> Any:
-    from olmo_cli.quant.report import eval_dataset
+    from olmo_cli.eval.quantized import eval_dataset
 
     return eval_dataset(eval_data, found.config)
 
 
 def _summary(found: CheckpointWeights, path: Path, layout: Any) -> dict[str, Any]:
-    from olmo_cli.quant.report import weights_bytes
+    from olmo_cli.eval.quantized import weights_bytes
     from olmo_cli.quant.settings import WEIGHTS_FILE
 
     before, after = weights_bytes(found), (path / WEIGHTS_FILE).stat().st_size
@@ -222,8 +223,9 @@ def _compare(
 ) -> dict[str, Any]:
     """Measures the source model, frees it, then measures the quantized one as `load_model` gives it."""
     from olmo_cli import ui
-    from olmo_cli.model.load import load_model, read_checkpoint
-    from olmo_cli.quant.report import common_prefix, measure
+    from olmo_cli.load.build import load_model
+    from olmo_cli.load.read import read_checkpoint
+    from olmo_cli.eval.quantized import common_prefix, measure
 
     seed = found.config.seed
     with ui.progress("measuring before and after", 2, enabled=not as_json) as update:
@@ -289,9 +291,9 @@ def _show(summary: dict[str, Any], as_json: bool) -> None:
 
 def _gguf(checkpoint: Path, output: Path, file_type: str, overwrite: bool, as_json: bool) -> None:
     from olmo_cli import ui
-    from olmo_cli.model.load import load_tokenizer
+    from olmo_cli.load.build import load_tokenizer
     from olmo_cli.quant.gguf_export import write_gguf
-    from olmo_cli.quant.report import weights_bytes
+    from olmo_cli.eval.quantized import weights_bytes
 
     found = _read_full_precision(checkpoint)
     tokenizer = load_tokenizer(found)  # a GGUF file without its vocabulary runs nowhere

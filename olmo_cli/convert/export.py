@@ -35,8 +35,8 @@ from olmo_cli.convert.hf import hf_config_dict, to_hf_state_dict
 from olmo_cli.errors import UsageError
 
 if TYPE_CHECKING:
+    from olmo_cli.checkpoint.weights import CheckpointWeights
     from olmo_cli.data.tokenizer import ResolvedTokenizer
-    from olmo_cli.model.load import CheckpointWeights
 
 __all__ = ["ExportResult", "export_hf", "parse_size", "plan_shards", "tokenizer_files"]
 

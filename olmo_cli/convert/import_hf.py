@@ -16,16 +16,16 @@ from typing import Any
 
 import torch
 
+from olmo_cli.checkpoint.layout import HF_CONFIG_FILE, TOKENIZER_FILE
 from olmo_cli.checkpoint.model_state import check_model_state
 from olmo_cli.config.schema import ModelConfig, TokenizerConfig, TrainConfig
 from olmo_cli.convert.hf import from_hf_state_dict
 from olmo_cli.errors import CheckpointError, UsageError
 
-__all__ = ["HFCheckpoint", "is_hf_dir", "model_config_from_hf", "read_hf", "write_native"]
+__all__ = ["HFCheckpoint", "model_config_from_hf", "read_hf", "read_hf_config", "write_native"]
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 BIN_INDEX = "pytorch_model.bin.index.json"
-TOKENIZER_FILE = "tokenizer.json"
 
 _OTHER_FAMILIES = {
     "hf_olmo": "the legacy `hf_olmo` format (allenai/OLMo-1B, OLMo-7B) needs its custom code; use the "
@@ -50,22 +50,8 @@ class HFCheckpoint:
 _MAX_CONFIG_JSON_BYTES = 1 << 20  # a transformers config.json is a few KB
 
 
-def is_hf_dir(path: Path) -> bool:
-    """A directory with a `config.json` naming a `model_type` (how transformers recognises one)."""
-    config = path / "config.json"
-    if not config.is_file():
-        return False
-    from olmo_cli.untrusted import read_limited
-
-    try:
-        found = json.loads(read_limited(config, _MAX_CONFIG_JSON_BYTES).decode("utf-8"))
-    except (OSError, ValueError, RecursionError):  # TooLarge and UnicodeDecodeError are ValueErrors
-        return False
-    return isinstance(found, dict) and "model_type" in found
-
-
 def _read_config_json(path: Path) -> dict[str, Any]:
-    file = path / "config.json"
+    file = path / HF_CONFIG_FILE
     if not file.is_file():
         raise CheckpointError(
             f"{path} has no config.json",
@@ -257,8 +243,9 @@ def _tokenizer_identifier(file: Path | None, fallback: str) -> str:
     return str(file.resolve())
 
 
-def read_hf(path: Path | str) -> HFCheckpoint:
-    """Reads a transformers Olmo directory; unsupported architectures and missing weights are errors."""
+def read_hf_config(path: Path | str) -> tuple[TrainConfig, Path | None]:
+    """The native config of a transformers Olmo directory (from config.json and the tokenizer, no
+    weights read) and its tokenizer.json, if any. An unsupported architecture is an error."""
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"{path} is not a directory", hint="give a Hugging Face model directory")
@@ -266,23 +253,30 @@ def read_hf(path: Path | str) -> HFCheckpoint:
     _check_architecture(hf, str(path))
     tokenizer_file = path / TOKENIZER_FILE if (path / TOKENIZER_FILE).is_file() else None
     model_cfg = model_config_from_hf(hf, vocab_size=_tokenizer_vocab(tokenizer_file))
+    identifier = _tokenizer_identifier(tokenizer_file, fallback=TokenizerConfig().identifier)
+    config = TrainConfig(
+        run_name=path.name, model=model_cfg, tokenizer=TokenizerConfig(identifier=identifier)
+    )
+    return config, tokenizer_file
+
+
+def read_hf(path: Path | str) -> HFCheckpoint:
+    """Reads a transformers Olmo directory; unsupported architectures and missing weights are errors."""
+    path = Path(path)
+    config, tokenizer_file = read_hf_config(path)
     raw = _load_weights(_weight_files(path))
     warnings = []
     try:
-        state = from_hf_state_dict(raw, model_cfg)
+        state = from_hf_state_dict(raw, config.model)
     except ValueError as e:
         raise CheckpointError(f"{path}: {e}") from None
     upcast = sorted({str(t.dtype) for t in state.values() if t.dtype != torch.float32})
     if upcast:
         warnings.append(f"weights stored as {', '.join(upcast)} were upcast to float32")
         state = {k: v.float() for k, v in state.items()}
-    check_model_state(state, model_cfg, source=str(path))
+    check_model_state(state, config.model, source=str(path))
     if tokenizer_file is None:
         warnings.append(f"{path} has no tokenizer.json; set tokenizer.identifier in the config yourself")
-    identifier = _tokenizer_identifier(tokenizer_file, fallback=TokenizerConfig().identifier)
-    config = TrainConfig(
-        run_name=path.name, model=model_cfg, tokenizer=TokenizerConfig(identifier=identifier)
-    )
     return HFCheckpoint(path, config, state, tokenizer_file, warnings)
 
 

@@ -159,7 +159,8 @@ def harness_lm(
 
 
 def _load(pretrained: str | None, device: str | None, dtype: str | None) -> tuple[Any, ResolvedTokenizer]:
-    from olmo_cli.model.load import load_model, load_tokenizer, read_checkpoint
+    from olmo_cli.load.build import load_model, load_tokenizer
+    from olmo_cli.load.read import read_checkpoint
 
     if pretrained is None:
         raise UsageError("the olmo-cli harness model needs pretrained=CHECKPOINT")

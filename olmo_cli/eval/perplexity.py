@@ -22,7 +22,7 @@ from torch import nn
 
 from olmo_cli.data.dataset import Instance, MemmapDataset
 from olmo_cli.errors import DataError
-from olmo_cli.train.loss import IGNORE_INDEX, labels_for
+from olmo_cli.model.loss import IGNORE_INDEX, labels_for
 
 __all__ = ["World", "evaluate_perplexity", "eval_indices"]
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import torch
 
@@ -21,7 +21,6 @@ from olmo_cli.model.olmo import OLMo
 
 if TYPE_CHECKING:
     from olmo_cli.config.schema import ModelConfig
-    from olmo_cli.data.tokenizer import ResolvedTokenizer
 
 __all__ = [
     "check_cache_fits",
@@ -353,9 +352,15 @@ class Completion:
     finish_reason: FinishReason
 
 
+class Decoder(Protocol):
+    """What text generation needs of a tokenizer (`olmo_cli.data.tokenizer.ResolvedTokenizer` is one)."""
+
+    def decode(self, ids: list[int], *, skip_special_tokens: bool = True) -> str: ...
+
+
 def generate_text(
     model: OLMo,
-    tokenizer: ResolvedTokenizer,
+    tokenizer: Decoder,
     prompts: Sequence[Sequence[int]],
     settings: GenerationSettings,
     *,

@@ -34,7 +34,6 @@ from olmo_cli.config.schema import LoRAConfig
 from olmo_cli.model.init import Constant, InitRule, Normal, init_tensor
 
 __all__ = [
-    "ADAPTER_FILE",
     "ADAPTER_FORMAT",
     "Adapter",
     "LoRALinear",
@@ -50,7 +49,6 @@ __all__ = [
     "write_adapter",
 ]
 
-ADAPTER_FILE = "adapter.safetensors"
 ADAPTER_FORMAT = "olmo-lora/1"
 _PARTS = ("lora_A", "lora_B")
 _FINGERPRINT_SAMPLES = 4096  # values read per tensor: enough to tell bases apart, cheap at any size
@@ -268,7 +266,7 @@ def read_adapter(path: Path | str) -> Adapter:
     if not path.is_file():
         raise CheckpointError(
             f"adapter {path} does not exist" if not path.exists() else f"adapter {path} is not a file",
-            hint=f"a LoRA run writes {ADAPTER_FILE} in its run folder",
+            hint="a LoRA run writes adapter.safetensors in its run folder",
         )
     try:
         with safe_open(str(path), framework="pt") as f:

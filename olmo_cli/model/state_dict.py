@@ -12,12 +12,25 @@ from collections.abc import Mapping
 
 import torch
 
-__all__ = ["normalize_upstream_keys", "strip_fsdp_prefixes", "split_legacy_norms", "ungroup_blocks"]
+__all__ = [
+    "clean_param_name",
+    "normalize_upstream_keys", "strip_fsdp_prefixes", "split_legacy_norms", "ungroup_blocks"]
 
 _FSDP_PART = "_fsdp_wrapped_module."
+# Prefixes that wrappers insert into parameter names: FSDP1 (upstream's checkpoints carry it), activation
+# checkpointing and torch.compile. Names are compared without them so grouping and checkpoint keys do
+# not depend on how the model happens to be wrapped.
+_WRAPPER_PREFIXES = (_FSDP_PART, "_checkpoint_wrapped_module.", "_orig_mod.")
 _LEGACY_NORM = re.compile(r"^(?P<head>transformer\..*\.)norm\.(?P<leaf>weight|bias)$")
 _GROUPED = re.compile(r"^transformer\.block_groups\.(?P<group>\d+)\.(?P<index>\d+)\.(?P<rest>.*)$")
 _GROUP_ZERO_ATTN_OUT = re.compile(r"^transformer\.block_groups\.0\.\d+\.attn_out\.weight$")
+
+
+def clean_param_name(name: str) -> str:
+    """A parameter's name without the parts wrappers (FSDP1, activation checkpointing, compile) add."""
+    for prefix in _WRAPPER_PREFIXES:
+        name = name.replace(prefix, "")
+    return name
 
 
 def strip_fsdp_prefixes(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -5,6 +5,6 @@
   weight-only kernels.
 - `model`: quantizing a model's state, and building an `OLMo` whose Linear modules are `QuantLinear`.
 - `checkpoint`: the quantized checkpoint directory (safetensors + quantization.json), written and read.
-- `report`: size on disk, perplexity and generation speed before and after.
 - `gguf_export`: a GGUF file in llama.cpp's `olmo` architecture (needs the optional `gguf` package).
+What quantizing cost and bought (size, perplexity, speed) is measured by `olmo_cli.eval.quantized`.
 """

@@ -6,8 +6,8 @@
       quantization.json       method, group size, modules, format version (also in the safetensors header)
       tokenizer.json          the tokenizer, so the directory is self-contained
 
-`olmo generate` and `olmo eval` read it through `olmo_cli.model.load` like any checkpoint; training
-commands refuse it (`refuse_quantized`).
+`olmo generate` and `olmo eval` read it through `olmo_cli.load` like any checkpoint; training
+commands refuse it (`olmo_cli.load.read.refuse_kinds`).
 """
 
 from __future__ import annotations
@@ -23,26 +23,12 @@ import torch
 
 from olmo_cli.atomic import check_output_dir, disk_full_error, fsync_dir, give_umask_mode, is_disk_full
 from olmo_cli.checkpoint._files import fsync_file
+from olmo_cli.checkpoint.layout import CONFIG_FILE, TOKENIZER_FILE
 from olmo_cli.errors import CheckpointError
 from olmo_cli.quant.settings import METADATA_KEY, SETTINGS_FILE, WEIGHTS_FILE, QuantLayout
 
-__all__ = ["QuantizedFiles", "is_quantized", "read_quantized_files", "refuse_quantized", "write_quantized"]
+__all__ = ["QuantizedFiles", "read_quantized_files", "write_quantized"]
 
-TOKENIZER_FILE = "tokenizer.json"
-
-
-def is_quantized(path: Path | str) -> bool:
-    return (Path(path) / SETTINGS_FILE).is_file()
-
-
-def refuse_quantized(path: Path | str, action: str) -> None:
-    """A clear error when a command that needs full-precision weights is given a quantized checkpoint."""
-    if is_quantized(path):
-        raise CheckpointError(
-            f"{path} is a quantized checkpoint (weight-only int8/int4); {action} needs full-precision "
-            "weights",
-            hint='give the checkpoint it was quantized from (its path is in quantization.json, "source")',
-        )
 
 
 def write_quantized(
@@ -69,7 +55,7 @@ def write_quantized(
         metadata = {METADATA_KEY: json.dumps(layout.as_dict(), sort_keys=True)}
         save_file({k: v.contiguous() for k, v in tensors.items()}, tmp / WEIGHTS_FILE, metadata=metadata)
         give_umask_mode(tmp / WEIGHTS_FILE)
-        files = {SETTINGS_FILE: layout.to_json(), "config.yaml": config_yaml_text}
+        files = {SETTINGS_FILE: layout.to_json(), CONFIG_FILE: config_yaml_text}
         if tokenizer_json is not None:
             files[TOKENIZER_FILE] = tokenizer_json
         for name, text in files.items():

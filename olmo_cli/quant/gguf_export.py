@@ -35,7 +35,7 @@ from olmo_cli.errors import UsageError
 
 if TYPE_CHECKING:
     from olmo_cli.data.tokenizer import ResolvedTokenizer
-    from olmo_cli.model.load import CheckpointWeights
+    from olmo_cli.checkpoint.weights import CheckpointWeights
 
 __all__ = [
     "GGUF_TYPES",

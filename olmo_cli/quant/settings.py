@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from olmo_cli.checkpoint.layout import QUANT_SETTINGS_FILE, QUANT_WEIGHTS_FILE
 from olmo_cli.errors import CheckpointError
 
 __all__ = [
@@ -28,8 +29,8 @@ FORMAT = "olmo-quant"
 FORMAT_VERSION = 1
 METHODS = ("int8", "int4")
 INT4_GROUP_SIZES = (32, 64, 128, 256)  # what torch's int4 CPU kernel takes
-SETTINGS_FILE = "quantization.json"
-WEIGHTS_FILE = "quantized.safetensors"
+SETTINGS_FILE = QUANT_SETTINGS_FILE
+WEIGHTS_FILE = QUANT_WEIGHTS_FILE
 METADATA_KEY = "olmo.quantization"
 
 

@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
+from olmo_cli.checkpoint.weights import CheckpointConfig
 from olmo_cli.config.schema import ModelConfig, TrainConfig
 from olmo_cli.errors import CheckpointError, ConfigError, UsageError
 
@@ -32,7 +33,6 @@ __all__ = [
     "FINETUNE_DEFAULTS",
     "FINETUNE_MAX_GLOBAL_BATCH",
     "WARMUP_FRACTION",
-    "BaseCheckpoint",
     "FinetuneRequest",
     "architecture_differences",
     "build_finetune_config",
@@ -95,13 +95,6 @@ ARCHITECTURE: dict[str, Callable[[ModelConfig], Any]] = {
 
 
 @dataclass(frozen=True)
-class BaseCheckpoint:
-    path: Path  # the checkpoint directory itself (a run folder resolved to its latest)
-    kind: Literal["unsharded", "sharded", "hf"]
-    config: TrainConfig
-
-
-@dataclass(frozen=True)
 class FinetuneRequest:
     """What the user asked for, as the command line gives it."""
 
@@ -118,59 +111,22 @@ class FinetuneRequest:
 # ---- the base checkpoint ----------------------------------------------------------------------------
 
 
-def _hf_config(path: Path) -> TrainConfig:
-    # Only config.json and the tokenizer: the weights are read once, by the run that loads them.
-    from olmo_cli.config.schema import TokenizerConfig
-    from olmo_cli.convert import import_hf
+def read_base(checkpoint: Path | str) -> CheckpointConfig:
+    """The checkpoint a finetune starts from (its path made absolute), and its config, without reading
+    its weights: the weights are read once, by the run that loads them."""
+    from olmo_cli.checkpoint.kind import locate_checkpoint
+    from olmo_cli.load.read import read_checkpoint_config, refuse_kinds
 
-    hf = import_hf._read_config_json(path)
-    tokenizer = path / import_hf.TOKENIZER_FILE
-    tokenizer_file = tokenizer if tokenizer.is_file() else None
-    model = import_hf.model_config_from_hf(hf, vocab_size=import_hf._tokenizer_vocab(tokenizer_file))
-    identifier = import_hf._tokenizer_identifier(tokenizer_file, fallback=TokenizerConfig().identifier)
-    return TrainConfig(run_name=path.name, model=model, tokenizer=TokenizerConfig(identifier=identifier))
-
-
-def _yaml_config(path: Path) -> TrainConfig:
-    from olmo_cli.config.interpolate import resolve_interpolations
-    from olmo_cli.config.loader import validate
-    from olmo_cli.config.yamlio import read_yaml
-
-    file = path / "config.yaml"
-    if not file.is_file():
-        raise CheckpointError(
-            f"{path} has no config.yaml, so the model's architecture is unknown",
-            hint="copy the config.yaml of the run that wrote the checkpoint into the directory",
-        )
-    data = read_yaml(file, error=CheckpointError)
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{file} is not a mapping of config sections")
-    try:
-        data = resolve_interpolations(data, source=str(file), error=CheckpointError)
-        return validate(data, source=str(file))
-    except ConfigError as e:
-        raise CheckpointError(e.message, details=e.details, hint=e.hint) from None
-
-
-def read_base(checkpoint: Path | str) -> BaseCheckpoint:
-    """The checkpoint a finetune starts from, and its config, without reading its weights."""
-    from olmo_cli.convert.import_hf import is_hf_dir
-    from olmo_cli.model.load import SHARDED_MODEL_DIR, resolve_checkpoint
-    from olmo_cli.quant.checkpoint import refuse_quantized
-
-    path = resolve_checkpoint(checkpoint).resolve()
-    refuse_quantized(path, "olmo finetune")
-    if is_hf_dir(path):
-        return BaseCheckpoint(path, "hf", _hf_config(path))
-    config = _yaml_config(path)
-    if config.lora is not None:
+    refuse_kinds(locate_checkpoint(checkpoint), "olmo finetune")
+    found = read_checkpoint_config(checkpoint)
+    path = found.path.resolve()
+    if found.config.lora is not None:
         raise CheckpointError(
             f"{path} is a checkpoint of a LoRA run: its base weights and adapters are still apart",
             hint=f"merge them first (the adapter records its base): olmo finetune merge {path.parent} "
             "--output DIR; then finetune DIR",
         )
-    kind: Literal["unsharded", "sharded"] = "sharded" if (path / SHARDED_MODEL_DIR).is_dir() else "unsharded"
-    return BaseCheckpoint(path, kind, config)
+    return replace(found, path=path)
 
 
 def architecture_differences(checkpoint: ModelConfig, other: ModelConfig) -> list[str]:
@@ -206,7 +162,7 @@ def _keys(data: dict[str, Any], prefix: str = "") -> set[str]:
     return found
 
 
-def _starting_point(request: FinetuneRequest, base: BaseCheckpoint) -> tuple[dict[str, Any], set[str], str]:
+def _starting_point(request: FinetuneRequest, base: CheckpointConfig) -> tuple[dict[str, Any], set[str], str]:
     """(config data, keys the user's own file sets, source name)."""
     from olmo_cli.config.loader import PRESET_KEY
     from olmo_cli.config.presets import preset_path
@@ -231,7 +187,7 @@ def _wants_lora(request: FinetuneRequest) -> bool:
     )
 
 
-def _defaults(request: FinetuneRequest, base: BaseCheckpoint) -> dict[str, Any]:
+def _defaults(request: FinetuneRequest, base: CheckpointConfig) -> dict[str, Any]:
     name = base.config.run_name or base.path.name
     suffix = "lora" if _wants_lora(request) else "finetune"
     defaults = {**FINETUNE_DEFAULTS, "run_name": f"{name}-{suffix}", "save_folder": f"runs/{name}-{suffix}"}
@@ -247,7 +203,7 @@ def _validated(data: dict[str, Any], source: str, touched: set[str]) -> TrainCon
     return validate(resolve_interpolations(data, source=source), source=source, overridden=touched)
 
 
-def _configured(request: FinetuneRequest, base: BaseCheckpoint) -> tuple[TrainConfig, set[str]]:
+def _configured(request: FinetuneRequest, base: CheckpointConfig) -> tuple[TrainConfig, set[str]]:
     """The validated config before the data is known, and the keys the user set explicitly."""
     from olmo_cli.config.overrides import apply_overrides
 
@@ -276,7 +232,7 @@ def _configured(request: FinetuneRequest, base: BaseCheckpoint) -> tuple[TrainCo
     return cfg, touched | own_keys | ({"save_folder"} if request.save_folder is not None else set())
 
 
-def _check_architecture(base: BaseCheckpoint, cfg: TrainConfig, request: FinetuneRequest) -> None:
+def _check_architecture(base: CheckpointConfig, cfg: TrainConfig, request: FinetuneRequest) -> None:
     details = architecture_differences(base.config.model, cfg.model)
     if not details:
         return
@@ -290,7 +246,7 @@ def _check_architecture(base: BaseCheckpoint, cfg: TrainConfig, request: Finetun
     )
 
 
-def _check_save_folder(base: BaseCheckpoint, cfg: TrainConfig) -> None:
+def _check_save_folder(base: CheckpointConfig, cfg: TrainConfig) -> None:
     folder = Path(cfg.save_folder).expanduser().resolve()
     if folder == base.path.parent or folder == base.path:
         raise ConfigError(
@@ -323,7 +279,7 @@ def _steps(cfg: TrainConfig, world_size: int) -> int:
     return duration.max_steps(cfg, 0, 0, per_epoch)
 
 
-def build_finetune_config(request: FinetuneRequest) -> tuple[TrainConfig, BaseCheckpoint]:
+def build_finetune_config(request: FinetuneRequest) -> tuple[TrainConfig, CheckpointConfig]:
     """The finetune run's config (see the module doc) and the base checkpoint it starts from."""
     base = read_base(request.checkpoint)
     cfg, explicit = _configured(request, base)

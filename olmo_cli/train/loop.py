@@ -20,14 +20,15 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from olmo_cli.config.precision import autocast_dtype
 from olmo_cli.config.schema import TrainConfig
 from olmo_cli.errors import DataError
 from olmo_cli.train.callbacks.base import CallbackList
-from olmo_cli.train.distributed import World, all_reduce_sum
+from olmo_cli.world import World, all_reduce_sum
 from olmo_cli.train.duration import scheduler_position
 from olmo_cli.train.events import EventSink, Message
 from olmo_cli.train.loader import BatchLoader, DeviceBatch
-from olmo_cli.train.loss import check_finite, cross_entropy_loss
+from olmo_cli.model.loss import check_finite, cross_entropy_loss
 from olmo_cli.train.optim import clip_and_step
 from olmo_cli.train.parallelize import microbatch_sync
 from olmo_cli.train.schedule import BoltOnWarmup, grad_clip_threshold_at, lr_at
@@ -35,16 +36,9 @@ from olmo_cli.train.signals import StopRequest
 from olmo_cli.train.speed import SpeedMonitor
 from olmo_cli.train.state import TrainerState
 
-__all__ = ["Schedule", "StopReason", "Trainer", "autocast_dtype"]
+__all__ = ["Schedule", "StopReason", "Trainer"]
 
 StopReason = Literal["finished", "data_exhausted", "interrupted"]
-_AUTOCAST = {"amp_bf16": torch.bfloat16, "amp_fp16": torch.float16}
-
-
-def autocast_dtype(cfg: TrainConfig) -> torch.dtype | None:
-    """The autocast dtype of `cfg.precision` (amp_bf16 also on CPU, where bf16 matmuls are much faster);
-    None for fp32."""
-    return _AUTOCAST.get(cfg.precision or "fp32")
 
 
 @dataclass(frozen=True)

@@ -15,31 +15,16 @@ from torch import nn
 
 from olmo_cli.config.schema import TrainConfig
 from olmo_cli.model.olmo import LayerNorm
+from olmo_cli.model.state_dict import clean_param_name
 from olmo_cli.train.clip import is_dtensor, scale_grads, total_grad_norm
 
 __all__ = [
-    "OLMO_GROUP_FIELDS",
     "build_optimizer",
-    "clean_param_name",
     "clip_and_step",
     "param_groups",
 ]
 
-# The fields upstream adds to every torch param group; they travel with the optimizer state.
-OLMO_GROUP_FIELDS = ("param_names", "sharded", "max_grad_norm", "max_grad_norm_ratio")
-
-# Prefixes that wrappers insert into parameter names: FSDP1 (upstream's checkpoints carry it), activation
-# checkpointing and torch.compile. Names are compared without them so grouping and checkpoint keys do
-# not depend on how the model happens to be wrapped.
-_WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
-
 _NORMS: tuple[type[nn.Module], ...] = (LayerNorm, nn.LayerNorm, nn.RMSNorm)
-
-
-def clean_param_name(name: str) -> str:
-    for prefix in _WRAPPER_PREFIXES:
-        name = name.replace(prefix, "")
-    return name
 
 
 def _decays(module: nn.Module, param_name: str, cfg: TrainConfig, full_name: str) -> bool:

@@ -13,10 +13,11 @@ from typing import Any
 
 import torch
 
+from olmo_cli.checkpoint.optim_state import OLMO_GROUP_FIELDS
 from olmo_cli.config.schema import OptimizerConfig
 from olmo_cli.errors import CheckpointError
+from olmo_cli.model.state_dict import clean_param_name
 from olmo_cli.train.clip import is_dtensor
-from olmo_cli.train.optim import OLMO_GROUP_FIELDS, clean_param_name
 
 __all__ = ["load_upstream_optimizer_state", "upstream_optimizer_state"]
 

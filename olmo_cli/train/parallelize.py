@@ -17,19 +17,20 @@ from typing import Any
 import torch
 from torch import nn
 
+from olmo_cli.config.activation_checkpointing import checkpointed_blocks
+from olmo_cli.config.precision import autocast_dtype
 from olmo_cli.config.schema import CompilerConfig, FSDPConfig, TrainConfig
 from olmo_cli.errors import CheckpointError, ConfigError
 from olmo_cli.model.init import init_rule, init_tensor
 from olmo_cli.model.olmo import OLMo
 from olmo_cli.train.clip import is_dtensor
-from olmo_cli.train.distributed import World, broadcast_object
-from olmo_cli.train.optim import clean_param_name
+from olmo_cli.world import World, broadcast_object
+from olmo_cli.model.state_dict import clean_param_name
 
 __all__ = [
     "apply_activation_checkpointing",
     "apply_compile",
     "apply_fsdp",
-    "checkpointed_blocks",
     "full_model_state",
     "load_full_model_state",
     "mesh_shape",
@@ -38,26 +39,8 @@ __all__ = [
     "parallelize_model",
 ]
 
-# Selective modes: which block indices are checkpointed whole (olmo-format.md §8).
-_EVERY_KTH = {"one_in_two": 2, "one_in_three": 3, "one_in_four": 4, "one_in_eight": 8}
-_ALL_BUT_KTH = {"two_in_three": 3, "three_in_four": 4}
-
-
 def _blocks(model: nn.Module) -> nn.ModuleList:
     return model.transformer["blocks"]  # type: ignore[index,return-value]
-
-
-def checkpointed_blocks(mode: str | None, n_layers: int) -> list[int]:
-    """Indices of the blocks `mode` checkpoints whole (none for `fine_grained`, which works inside them)."""
-    if mode is None or mode == "fine_grained":
-        return []
-    if mode == "whole_layer":
-        return list(range(n_layers))
-    if mode in _EVERY_KTH:
-        return [i for i in range(n_layers) if i % _EVERY_KTH[mode] == 0]
-    if mode in _ALL_BUT_KTH:
-        return [i for i in range(n_layers) if i % _ALL_BUT_KTH[mode] != 0]
-    raise ConfigError(f"activation_checkpointing {mode!r} is not a known mode")
 
 
 def _has_dropout(model: nn.Module) -> bool:
@@ -113,9 +96,6 @@ def apply_compile(model: nn.Module, cfg: CompilerConfig | None) -> None:
         )
 
 
-_AMP_DTYPES = {"amp_bf16": torch.bfloat16, "amp_fp16": torch.float16}
-
-
 def mixed_precision_policy(cfg: TrainConfig) -> Any:
     """FSDP2's policy for `cfg.precision` and `cfg.fsdp.precision` (§8); None for plain fp32.
 
@@ -123,7 +103,7 @@ def mixed_precision_policy(cfg: TrainConfig) -> Any:
     autocast dtype. The sharded (master) parameters stay fp32 either way. Inputs are not cast: the RoPE
     tables a block receives stay fp32, as upstream computes RoPE.
     """
-    dtype = _AMP_DTYPES.get(cfg.precision or "fp32")
+    dtype = autocast_dtype(cfg)
     if dtype is None or cfg.fsdp.precision is None:
         return None
     from torch.distributed.fsdp import MixedPrecisionPolicy

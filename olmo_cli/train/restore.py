@@ -18,16 +18,19 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from olmo_cli.checkpoint.layout import find_latest_checkpoint, hint_previous_checkpoint, is_unsharded
+from olmo_cli.checkpoint.layout import find_latest_checkpoint, hint_previous_checkpoint
 from olmo_cli.config.schema import TrainConfig
 from olmo_cli.errors import CheckpointError
-from olmo_cli.train.distributed import World
 from olmo_cli.train.state import TrainerState
+from olmo_cli.world import World
+
+if TYPE_CHECKING:
+    from olmo_cli.checkpoint.kind import Located
 
 __all__ = ["Restored", "checkpoint_to_load", "restore_checkpoint", "set_optimizer_hyperparameters"]
 
@@ -76,10 +79,16 @@ def restore_checkpoint(
 ) -> Restored:
     """Loads the weights (and for a sharded checkpoint the optimizer) into `model`/`optim`; returns the
     trainer state to continue from. `own`: the checkpoint is this run's (resets do not apply). Raises
-    CheckpointError naming mismatched keys and shapes."""
-    from olmo_cli.quant.checkpoint import refuse_quantized
+    CheckpointError naming mismatched keys and shapes.
 
-    refuse_quantized(path, "training from it")
+    The kind comes from `checkpoint.kind`, as for every command; an unsharded or Hugging Face checkpoint
+    is read by `load.read.read_checkpoint`, a sharded one by DCP straight into the live (sharded) model
+    and optimizer, at any world size."""
+    from olmo_cli.checkpoint.kind import Located, checkpoint_kind
+    from olmo_cli.load.read import refuse_kinds
+
+    located = Located(path, checkpoint_kind(path) or "sharded")
+    refuse_kinds(located, "training from it")
     reset_trainer = cfg.reset_trainer_state and not own
     restored = Restored(path=path, optimizer_reset=cfg.reset_optimizer_state and not own)
     load_optim = not restored.optimizer_reset
@@ -87,15 +96,13 @@ def restore_checkpoint(
     base_only = cfg.lora is not None and not own
     try:
         with _adapters_hidden(model) if base_only else contextlib.nullcontext():
-            if _is_hf(path):
-                _load_hf(model, path, restored)
-            elif is_unsharded(path):
-                saved = _load_unsharded(cfg, model, path, restored, load_optim, reset_trainer, base_only)
-            else:
+            if located.kind == "sharded":
                 from olmo_cli.checkpoint.sharded import read_sharded
 
                 target = optim if load_optim else None
                 saved = read_sharded(path, model=model, optim=target, world=world, warnings=restored.warnings)
+            else:
+                saved = _load_full(cfg, model, located, restored, load_optim, reset_trainer, base_only)
     except CheckpointError as e:
         hint_previous_checkpoint(e, path)
         raise
@@ -117,55 +124,38 @@ def _adapters_hidden(model: nn.Module) -> contextlib.AbstractContextManager[None
     return adapters_detached(model)
 
 
-def _is_hf(path: Path) -> bool:
-    from olmo_cli.convert.import_hf import is_hf_dir
-
-    return is_hf_dir(path)
-
-
-def _load_hf(model: nn.Module, path: Path, restored: Restored) -> None:
-    """A Hugging Face directory holds weights only: no optimizer or trainer state to restore."""
-    from olmo_cli.convert.import_hf import read_hf
-    from olmo_cli.train.parallelize import load_full_model_state
-
-    found = read_hf(path)
-    load_full_model_state(model, found.model)
-    restored.warnings += found.warnings
-    if not restored.optimizer_reset:
-        restored.warnings.append(f"{path} is a Hugging Face directory: it has no optimizer state")
-
-
-def _load_unsharded(
+def _load_full(
     cfg: TrainConfig,
     model: nn.Module,
-    path: Path,
+    located: Located,
     restored: Restored,
     load_optim: bool,
     reset_trainer: bool,
     base_only: bool,
 ) -> dict[str, Any] | None:
+    """An unsharded checkpoint (weights, optimizer, trainer state) or a Hugging Face directory (weights
+    only) loaded into the model; returns the trainer state."""
     from olmo_cli.checkpoint.model_state import check_model_state
-    from olmo_cli.checkpoint.unsharded import read_unsharded
+    from olmo_cli.load.read import read_checkpoint
     from olmo_cli.train.parallelize import load_full_model_state
 
     own_lora = cfg.lora is not None and not base_only
-    ckpt = read_unsharded(
-        path,
-        load_optim=load_optim,
-        load_trainer=not reset_trainer,
-        model_config=None if own_lora else cfg.model,
+    found = read_checkpoint(
+        located.path, config=cfg, optim=load_optim, trainer=not reset_trainer, check_weights=not own_lora
     )
     if own_lora:
         # A LoRA run's own checkpoint: its base part is checked against the config here, the adapters
         # against the model when they load.
         from olmo_cli.model.lora import is_adapter_name
 
-        base = {k: v for k, v in ckpt.model.items() if not is_adapter_name(k)}
-        check_model_state(base, cfg.model, source=str(path))
-    load_full_model_state(model, ckpt.model)
-    restored.optim = ckpt.optim
-    restored.warnings += ckpt.warnings
-    return ckpt.trainer
+        base = {k: v for k, v in found.state.items() if not is_adapter_name(k)}
+        check_model_state(base, cfg.model, source=str(located.path))
+    load_full_model_state(model, found.state)
+    restored.warnings += found.warnings
+    if found.kind == "hf" and not restored.optimizer_reset:
+        restored.warnings.append(f"{located.path} is a Hugging Face directory: it has no optimizer state")
+    restored.optim = found.optim
+    return found.trainer
 
 
 def set_optimizer_hyperparameters(

@@ -30,11 +30,11 @@ from olmo_cli.train.callbacks.checkpointer import Checkpointer, checked_lists
 from olmo_cli.train.callbacks.evaluator import EvalSet, Evaluator
 from olmo_cli.train.callbacks.feed import EventFeed
 from olmo_cli.train.callbacks.metrics_file import METRICS_FILE, MetricsFile
-from olmo_cli.train.distributed import World, close_world, init_world
+from olmo_cli.world import World, close_world, init_world
 from olmo_cli.train.events import Event, EventSink, Message, RunFinished, RunStarted
 from olmo_cli.train.fits import check_model_fits
 from olmo_cli.train.loader import BatchLoader, given_order_copy
-from olmo_cli.train.loop import Schedule, StopReason, Trainer, autocast_dtype
+from olmo_cli.train.loop import Schedule, StopReason, Trainer
 from olmo_cli.train.plan import batch_split
 from olmo_cli.train.prepare import (
     check_data,
@@ -52,7 +52,7 @@ from olmo_cli.train.restore import (
 )
 from olmo_cli.train.schedule import BoltOnWarmup
 from olmo_cli.train.signals import stop_on_signals
-from olmo_cli.train.speed import SpeedMonitor
+from olmo_cli.train.speed import SpeedMonitor, run_peak_flops
 from olmo_cli.train.state import TrainerState, restore_rng
 
 __all__ = ["RunOptions", "RunResult", "run"]
@@ -303,12 +303,7 @@ def _warn_if_nothing_to_do(state: TrainerState, schedule: Schedule, events: Even
 def _peak_flops(options: RunOptions, world: World, cfg: TrainConfig) -> tuple[float | None, str | None]:
     if options.peak_flops is not None:
         return options.peak_flops, "given"
-    if cfg.speed_monitor.gpu_flops_available is not None:
-        return cfg.speed_monitor.gpu_flops_available, "speed_monitor.gpu_flops_available"
-    from olmo_cli.train.speed import device_peak_flops
-
-    peak, source = device_peak_flops(world.device, autocast_dtype(cfg) or torch.float32)
-    return peak, source
+    return run_peak_flops(cfg, world.device)
 
 
 def _eval_sets(cfg: TrainConfig, events: EventSink) -> list[EvalSet]:
@@ -379,7 +374,7 @@ def _started(
         stop_step=trainer.schedule.stop_step,
         world_size=world.world_size,
         device=str(world.device),
-        precision=cfg.precision or "fp32",
+        precision=plan.precision,
         data=f"{prep.data_note}: {instances:,} instances of {cfg.model.max_sequence_length} tokens",
         resumed_from=restored.path,
         peak_flops=peak,

@@ -1,4 +1,4 @@
-"""Checkpoint directory names, latest-checkpoint search and unsharded detection."""
+"""Checkpoint directory names, latest-checkpoint search and the loader's file rule (kinds: test_kind.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import pytest
 from olmo_cli.checkpoint.layout import (
     checkpoint_dir_name,
     find_latest_checkpoint,
-    is_unsharded,
     parse_step,
     resolve_state_file,
 )
@@ -42,31 +41,6 @@ def test_latest_finds_a_lone_step0_unsharded(tmp_path: Path) -> None:
     assert find_latest_checkpoint(tmp_path / "missing") is None
     make_dirs(tmp_path, "step0-unsharded")
     assert find_latest_checkpoint(tmp_path) == tmp_path / "step0-unsharded"
-
-
-def test_unsharded_by_suffix_even_before_it_exists(tmp_path: Path) -> None:
-    assert is_unsharded(tmp_path / "step3-unsharded")
-    assert is_unsharded(f"{tmp_path}/step3-unsharded/")
-    assert not is_unsharded(tmp_path / "step3")
-
-
-@pytest.mark.parametrize("model_file", ["model.safetensors", "model.pt"])
-def test_unsharded_by_content_for_a_downloaded_stepN(tmp_path: Path, model_file: str) -> None:
-    downloaded = tmp_path / "step1000"
-    downloaded.mkdir()
-    (downloaded / model_file).write_bytes(b"")
-    assert is_unsharded(downloaded)
-
-
-def test_sharded_layouts_are_not_unsharded(tmp_path: Path) -> None:
-    legacy = tmp_path / "step5"
-    legacy.mkdir()
-    (legacy / "rank0.pt").write_bytes(b"")
-    (legacy / "config.yaml").write_text("{}")
-    assert not is_unsharded(legacy)
-    olmo_core = tmp_path / "step6"
-    (olmo_core / "model").mkdir(parents=True)
-    assert not is_unsharded(olmo_core)
 
 
 def test_loader_rule_prefers_safetensors(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ import torch
 
 from olmo_cli.checkpoint.sharded import MODEL_AND_OPTIM, OPTIM_GROUPS, read_sharded, write_sharded
 from olmo_cli.errors import CheckpointError
-from olmo_cli.train.distributed import init_world
+from olmo_cli.world import init_world
 from olmo_cli.train.optim_state import upstream_optimizer_state
 from olmo_cli.train.parallelize import full_model_state
 from tests.train import _dist_worker as worker
@@ -240,7 +240,7 @@ _KILL_SCRIPT = """
 import os, signal, sys
 from pathlib import Path
 from olmo_cli.checkpoint import sharded
-from olmo_cli.train.distributed import init_world
+from olmo_cli.world import init_world
 from tests.checkpoint.test_sharded import trainer_state, trained
 from tests.train import _dist_worker as worker
 

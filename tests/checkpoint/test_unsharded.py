@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import olmo_cli.checkpoint.unsharded as unsharded
-from olmo_cli.checkpoint import read_unsharded, write_unsharded
+from olmo_cli.checkpoint.unsharded import read_unsharded, write_unsharded
 from olmo_cli.errors import CheckpointError
 from olmo_cli.model.olmo import build_model
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from olmo_cli.checkpoint import read_unsharded
+from olmo_cli.checkpoint.unsharded import read_unsharded
 from olmo_cli.errors import CheckpointError
 from olmo_cli.model.olmo import build_model
 

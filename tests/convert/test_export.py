@@ -13,7 +13,8 @@ import transformers  # the dev extra installs it: a missing reference fails, nev
 from olmo_cli.convert.export import export_hf, parse_size, plan_shards
 from olmo_cli.data.tokenizer import resolve_tokenizer
 from olmo_cli.errors import UsageError
-from olmo_cli.model.load import load_tokenizer, read_checkpoint
+from olmo_cli.load.build import load_tokenizer
+from olmo_cli.load.read import read_checkpoint
 
 from ._helpers import tiny_train_config, transformers_log, write_native
 

@@ -14,7 +14,8 @@ from olmo_cli.checkpoint.unsharded import read_unsharded
 from olmo_cli.convert.export import export_hf
 from olmo_cli.convert.import_hf import read_hf, write_native
 from olmo_cli.errors import CheckpointError, UsageError
-from olmo_cli.model.load import load_model, load_tokenizer, read_checkpoint
+from olmo_cli.load.build import load_model, load_tokenizer
+from olmo_cli.load.read import read_checkpoint
 
 from ._helpers import tiny_train_config
 from ._helpers import write_native as write_native_checkpoint
@@ -145,7 +146,7 @@ def test_sharded_checkpoint_is_unsharded_on_the_way(tmp_path, monkeypatch) -> No
     from olmo_cli.checkpoint.sharded import write_sharded
     from olmo_cli.config.yamlio import dump_yaml
     from olmo_cli.model.olmo import build_model
-    from olmo_cli.train.distributed import init_world
+    from olmo_cli.world import init_world
 
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(name, raising=False)

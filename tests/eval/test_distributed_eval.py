@@ -12,7 +12,7 @@ import torch
 from olmo_cli.eval.requests import build_requests
 from olmo_cli.eval.scoring import score_requests
 from olmo_cli.model.olmo import build_model
-from olmo_cli.train.distributed import World
+from olmo_cli.world import World
 from tests.eval.test_scoring import DOCS, EOS, MAX_LENGTH, PAD, encode
 from tests.train import _dist_worker as worker
 

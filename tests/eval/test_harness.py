@@ -22,7 +22,8 @@ from olmo_cli.errors import NetworkError, UsageError  # noqa: E402
 from olmo_cli.eval.formats import Doc  # noqa: E402
 from olmo_cli.eval.harness import export_harness_task, harness_lm, run_harness  # noqa: E402
 from olmo_cli.eval.taskfile import TaskData  # noqa: E402
-from olmo_cli.model.load import load_model, load_tokenizer, read_checkpoint  # noqa: E402
+from olmo_cli.load.build import load_model, load_tokenizer
+from olmo_cli.load.read import read_checkpoint  # noqa: E402
 from tests.cli._helpers import run_olmo  # noqa: E402
 from tests.convert._helpers import tiny_train_config, write_native  # noqa: E402
 

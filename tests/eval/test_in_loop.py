@@ -12,7 +12,8 @@ from olmo_cli.config.schema import EvaluatorConfig
 from olmo_cli.eval.downstream import evaluate_prepared, prepare_task
 from olmo_cli.eval.package_data import find_package_data
 from olmo_cli.eval.tasks import load_tasks
-from olmo_cli.model.load import load_model, load_tokenizer, read_checkpoint
+from olmo_cli.load.build import load_model, load_tokenizer
+from olmo_cli.load.read import read_checkpoint
 from olmo_cli.train.events import Message
 from tests.eval._helpers import fake_site
 from tests.train._runs import metrics, quiet_run, run_config

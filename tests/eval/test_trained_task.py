@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from olmo_cli.eval.downstream import evaluate_prepared, prepare_task
-from olmo_cli.model.load import load_model, load_tokenizer, read_checkpoint
+from olmo_cli.load.build import load_model, load_tokenizer
+from olmo_cli.load.read import read_checkpoint
 from tests.eval._trained import TABLE, lookup_task, trained_checkpoint
 
 

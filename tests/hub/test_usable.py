@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from olmo_cli.checkpoint import read_unsharded, write_unsharded
+from olmo_cli.checkpoint.unsharded import read_unsharded, write_unsharded
 from olmo_cli.config.loader import load_config
 from olmo_cli.config.schema import TrainConfig
 from olmo_cli.config.yamlio import dump_yaml

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from olmo_cli.errors import UsageError
-from olmo_cli.model.load import load_tokenizer, read_checkpoint
+from olmo_cli.load.build import load_tokenizer
+from olmo_cli.load.read import read_checkpoint
 from olmo_cli.model.olmo import rope_tables, rotary
 from olmo_cli.quant.gguf_export import permute_for_llama_rope, write_gguf
 from olmo_cli.quant.gguf_vocab import bpe_vocab

@@ -19,7 +19,8 @@ from safetensors.torch import load_file, save_file
 
 from olmo_cli.errors import CheckpointError
 from olmo_cli.model.generate import GenerationSettings, generate_ids
-from olmo_cli.model.load import load_model, load_tokenizer, read_checkpoint, require_full_precision
+from olmo_cli.load.build import load_model, load_tokenizer, require_full_precision
+from olmo_cli.load.read import read_checkpoint
 from olmo_cli.model.olmo import build_model
 from olmo_cli.quant.checkpoint import write_quantized
 from olmo_cli.quant.model import quantize_state

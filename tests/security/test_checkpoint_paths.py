@@ -15,7 +15,7 @@ import pytest
 
 from olmo_cli.checkpoint.sharded import MODEL_AND_OPTIM
 from olmo_cli.errors import CheckpointError
-from olmo_cli.model.load import read_checkpoint
+from olmo_cli.load.read import read_checkpoint
 from tests.security._checkpoints import assert_one_error, edit_train_pt, olmo, tree_state, victims
 
 LISTS = ("checkpoints", "unsharded_checkpoints", "ephemeral_checkpoints")
@@ -129,7 +129,7 @@ def sharded_copy(checkpoint: Path, tmp_path: Path) -> Path:
     from olmo_cli.checkpoint.sharded import write_sharded
     from olmo_cli.config.loader import load_config
     from olmo_cli.model.olmo import build_model
-    from olmo_cli.train.distributed import init_world
+    from olmo_cli.world import init_world
     from olmo_cli.train.optim import build_optimizer
 
     cfg = load_config(config_file=checkpoint / "config.yaml").config

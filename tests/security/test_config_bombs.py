@@ -301,7 +301,7 @@ def planted(template: Path, tmp_path: Path, name: str) -> Path:
 
 
 def test_the_template_checkpoint_reads_cleanly(checkpoint_template):
-    from olmo_cli.model.load import read_checkpoint
+    from olmo_cli.load.read import read_checkpoint
 
     found = read_checkpoint(checkpoint_template)
     assert found.config.model.n_layers == 1

@@ -69,7 +69,7 @@ def test_sharded_save_on_a_full_disk_leaves_nothing(tmp_path, monkeypatch):
 
     from olmo_cli.checkpoint import sharded
     from olmo_cli.errors import CheckpointError
-    from olmo_cli.train.distributed import init_world
+    from olmo_cli.world import init_world
     from tests.train import _dist_worker as worker
 
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):

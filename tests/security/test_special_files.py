@@ -46,7 +46,7 @@ def test_a_manifest_that_is_not_a_file(tmp_path, kind):
 @pytest.mark.parametrize("name", ["config.json", "model.safetensors.index.json"])
 def test_hf_json_files_that_are_not_files(checkpoint, tmp_path, name):
     from olmo_cli.convert.export import export_hf
-    from olmo_cli.model.load import read_checkpoint
+    from olmo_cli.load.read import read_checkpoint
 
     hf = tmp_path / "hf"
     export_hf(read_checkpoint(checkpoint), None, hf, max_shard_bytes=20_000)

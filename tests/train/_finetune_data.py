@@ -17,7 +17,8 @@ from olmo_cli.data.chat import render_prompt
 from olmo_cli.data.tokenize import TokenizeOptions, tokenize
 from olmo_cli.data.tokenizer import resolve_tokenizer
 from olmo_cli.model.generate import GenerationSettings, generate_ids
-from olmo_cli.model.load import load_model, read_checkpoint
+from olmo_cli.load.build import load_model
+from olmo_cli.load.read import read_checkpoint
 from olmo_cli.model.olmo import build_model
 from olmo_cli.train.finetune import FinetuneRequest, build_finetune_config
 from olmo_cli.train.prepare import config_yaml

@@ -17,7 +17,7 @@ import torch
 from olmo_cli.errors import UsageError
 from olmo_cli.model.olmo import build_model
 from olmo_cli.train import launch
-from olmo_cli.train.distributed import (
+from olmo_cli.world import (
     all_reduce_sum,
     barrier,
     broadcast_object,

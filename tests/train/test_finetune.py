@@ -17,8 +17,9 @@ from olmo_cli.config.loader import load_config
 from olmo_cli.convert.export import export_hf
 from olmo_cli.data.dataset import build_dataset
 from olmo_cli.errors import ConfigError, UsageError
-from olmo_cli.model.load import load_model, load_tokenizer, read_checkpoint
-from olmo_cli.model.lora_merge import merge_adapter
+from olmo_cli.load.adapter import merge_adapter, read_adapter_base
+from olmo_cli.load.build import load_model, load_tokenizer
+from olmo_cli.load.read import read_checkpoint
 from olmo_cli.train.finetune import (
     FINETUNE_MAX_GLOBAL_BATCH,
     WARMUP_FRACTION,
@@ -111,7 +112,7 @@ def test_lora_teaches_the_finetuned_model_a_new_mapping(tmp_path, taught):
         lora={"rank": 8, "alpha": 16.0},
     )
     lora = quiet(cfg)
-    merged = merge_adapter(lora.run_dir, None, tmp_path / "merged")
+    merged = merge_adapter(lora.run_dir, read_adapter_base(lora.run_dir), tmp_path / "merged")
     after, texts = accuracy(merged.output, shift=5)
     assert after > 0.9, texts
     assert accuracy(result.checkpoint)[0] > 0.9  # the base still answers its own task

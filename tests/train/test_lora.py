@@ -9,13 +9,15 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from olmo_cli.checkpoint.layout import ADAPTER_FILE
 from olmo_cli.checkpoint.unsharded import read_unsharded
 from olmo_cli.config.loader import load_config
 from olmo_cli.config.schema import LoRAConfig
 from olmo_cli.errors import CheckpointError
-from olmo_cli.model.load import load_model, read_checkpoint
+from olmo_cli.load.adapter import merge_adapter, read_adapter_base
+from olmo_cli.load.build import load_model
+from olmo_cli.load.read import read_checkpoint
 from olmo_cli.model.lora import (
-    ADAPTER_FILE,
     Adapter,
     LoRALinear,
     adapters_detached,
@@ -27,7 +29,6 @@ from olmo_cli.model.lora import (
     read_adapter,
     write_adapter,
 )
-from olmo_cli.model.lora_merge import merge_adapter
 from olmo_cli.model.olmo import build_model
 from tests.train._finetune_data import (
     base_checkpoint,
@@ -185,7 +186,8 @@ def test_resuming_a_lora_run_reapplies_the_adapters(tmp_path, lora_run):
 
 def test_merge_writes_weights_whose_logits_equal_the_adapted_model(tmp_path, lora_run):
     base, data, cfg, result, _ = lora_run
-    merged = merge_adapter(result.run_dir, None, tmp_path / "merged")  # the base the adapter records
+    recorded = read_adapter_base(result.run_dir)  # the base the adapter records
+    merged = merge_adapter(result.run_dir, recorded, tmp_path / "merged")
     assert merged.base == base.resolve() and merged.modules == 8
     found = read_checkpoint(merged.output)  # what generate, eval and convert-hf read
     assert found.config.lora is None and found.config.model == cfg.model
@@ -196,6 +198,10 @@ def test_merge_writes_weights_whose_logits_equal_the_adapted_model(tmp_path, lor
     merged_logits, adapted_logits = logits_of(load_model(found), ids), logits_of(adapted, ids)
     # fp32 forward passes in two orders (x W' vs x W + s (x A) B) agree to fp32 rounding.
     torch.testing.assert_close(merged_logits, adapted_logits, rtol=1e-5, atol=1e-5)
+    # An adapter given where a checkpoint is read is folded into its recorded base in memory.
+    in_memory = read_checkpoint(result.run_dir / ADAPTER_FILE)
+    assert in_memory.kind == "adapter" and in_memory.config.model == cfg.model
+    assert torch.equal(logits_of(load_model(in_memory), ids), merged_logits)
     # The merged weights are a base like any other, to finetune again.
     assert finetune_config(merged.output, data, tmp_path / "again").load_path == str(merged.output.resolve())
 
@@ -203,12 +209,13 @@ def test_merge_writes_weights_whose_logits_equal_the_adapted_model(tmp_path, lor
 def test_merge_refuses_another_base_unless_forced(tmp_path, lora_run):
     _, _, _, result, _ = lora_run
     other = base_checkpoint(tmp_path / "other", seed=9)
+    file = result.run_dir / ADAPTER_FILE
     with pytest.raises(CheckpointError, match="is not the base"):
-        merge_adapter(result.run_dir / ADAPTER_FILE, other, tmp_path / "m")
-    forced = merge_adapter(result.run_dir / ADAPTER_FILE, other, tmp_path / "m", force=True)
+        merge_adapter(file, read_adapter_base(file, other), tmp_path / "m")
+    forced = merge_adapter(file, read_adapter_base(file, other), tmp_path / "m", force=True)
     assert forced.warnings and (tmp_path / "m" / "model.safetensors").is_file()
     with pytest.raises(CheckpointError, match="LoRA run"):
-        merge_adapter(result.run_dir, result.checkpoint, tmp_path / "n")
+        read_adapter_base(result.run_dir, result.checkpoint)
 
 
 def test_adapter_dropout_acts_in_training_only():

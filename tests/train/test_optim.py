@@ -9,7 +9,8 @@ from torch import nn
 
 from olmo_cli.config.schema import TrainConfig
 from olmo_cli.model.olmo import build_model
-from olmo_cli.train.optim import build_optimizer, clean_param_name, param_groups
+from olmo_cli.model.state_dict import clean_param_name
+from olmo_cli.train.optim import build_optimizer, param_groups
 
 from ._helpers import small
 

@@ -11,10 +11,9 @@ import torch
 
 from olmo_cli.config.schema import CompilerConfig, FSDPConfig
 from olmo_cli.errors import CheckpointError, ConfigError
+from olmo_cli.model.loss import cross_entropy_loss
 from olmo_cli.model.olmo import build_model
-from olmo_cli.train.distributed import init_world
-from olmo_cli.train.loss import cross_entropy_loss
-from olmo_cli.train.optim import clean_param_name
+from olmo_cli.model.state_dict import clean_param_name
 from olmo_cli.train.parallelize import (
     apply_activation_checkpointing,
     apply_compile,
@@ -26,6 +25,7 @@ from olmo_cli.train.parallelize import (
     mixed_precision_policy,
     parallelize_model,
 )
+from olmo_cli.world import init_world
 from tests.train._dist_worker import tiny_config
 
 MODES = [

@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from olmo_cli.config.schema import LoRAConfig
+from olmo_cli.model.state_dict import clean_param_name
 from olmo_cli.train.callbacks.base import Callback
 from olmo_cli.train.callbacks.checkpointer import Checkpointer
 from olmo_cli.train.clip import is_dtensor
 from olmo_cli.train.events import EventSink, Message
-from olmo_cli.train.optim import clean_param_name
 
 if TYPE_CHECKING:
     from olmo_cli.train.loop import StopReason, Trainer
@@ -89,7 +89,8 @@ class AdapterWriter(Callback):
     def write(self, trainer: Trainer, checkpoint: Path | None) -> Path | None:
         """Gathers the adapters (collective) and writes them on the main rank: to the run folder, and into
         `checkpoint` when one was just saved. Returns the run folder's file (main rank; else None)."""
-        from olmo_cli.model.lora import ADAPTER_FILE, Adapter, write_adapter
+        from olmo_cli.checkpoint.layout import ADAPTER_FILE
+        from olmo_cli.model.lora import Adapter, write_adapter
 
         tensors = {name: t.to("cpu", torch.float32) for name, t in _named(trainer.model, adapters=True)}
         if not trainer.world.is_main:

@@ -25,10 +25,17 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from olmo_cli.checkpoint.layout import UNSHARDED_SUFFIX, checkpoint_dir_name, parse_step
+from olmo_cli.checkpoint.layout import (
+    CONFIG_FILE,
+    SHARDED_MODEL_DIR,
+    SHARDED_TRAIN_DIR,
+    UNSHARDED_SUFFIX,
+    checkpoint_dir_name,
+    parse_step,
+)
 from olmo_cli.errors import CheckpointError
 from olmo_cli.train.callbacks.base import Callback
-from olmo_cli.train.distributed import barrier, broadcast_object
+from olmo_cli.world import barrier, broadcast_object
 from olmo_cli.train.events import CheckpointSaved, EventSink
 
 if TYPE_CHECKING:
@@ -263,7 +270,7 @@ def is_checkpoint_of(run_dir: Path, name: str) -> bool:
     path = run_dir / name
     if path.is_symlink() or not path.is_dir():
         return False
-    return any((path / part).exists() for part in ("config.yaml", "train.pt", "model_and_optim", "train"))
+    return any((path / part).exists() for part in (CONFIG_FILE, "train.pt", SHARDED_MODEL_DIR, SHARDED_TRAIN_DIR))
 
 
 def point_link(link: Path, target_name: str) -> None:

@@ -1,4 +1,4 @@
-"""What quantizing cost and bought: size on disk, perplexity and generation speed, before and after.
+"""What quantizing a checkpoint cost and bought: size on disk, perplexity and generation speed.
 
 Perplexity is upstream's "lm" evaluator metric (`olmo_cli.eval.perplexity`) over token files; speed is
 greedy KV-cache generation (`olmo_cli.model.generate`) of a fixed number of tokens after a prompt taken
@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING
 from olmo_cli.model.generate import GenerationSettings, generate_ids
 
 if TYPE_CHECKING:
+    from olmo_cli.checkpoint.weights import CheckpointWeights
     from olmo_cli.config.schema import TrainConfig
     from olmo_cli.data.dataset import MemmapDataset
-    from olmo_cli.model.load import CheckpointWeights
     from olmo_cli.model.olmo import OLMo
 
 __all__ = ["Measurement", "common_prefix", "eval_dataset", "measure", "prompt_from", "weights_bytes"]

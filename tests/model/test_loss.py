@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from olmo_cli.errors import OlmoError
-from olmo_cli.train.loss import (
+from olmo_cli.model.loss import (
     IGNORE_INDEX,
     NonFiniteLossError,
     check_finite,

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from olmo_cli.errors import OlmoError
-from olmo_cli.train.fused_loss import fused_cross_entropy
+from olmo_cli.model.fused_loss import fused_cross_entropy
 
 __all__ = [
     "IGNORE_INDEX",
@@ -88,7 +88,7 @@ def cross_entropy_loss(
     # sum, without copying the [B, T-1, V] logits (the largest activation of the whole step).
     labels = F.pad(labels, (0, 1), value=IGNORE_INDEX)
     vocab = logits.shape[-1]
-    # fp32 CE (and z-loss log-sum-exp) without an fp32 copy of the logits: see train/fused_loss.py.
+    # fp32 CE (and z-loss log-sum-exp) without an fp32 copy of the logits: see model/fused_loss.py.
     ce_sum, lse_sq_sum = fused_cross_entropy(logits.reshape(-1, vocab), labels.reshape(-1), IGNORE_INDEX)
     ce_loss = ce_sum / normalizer
     z_term = None

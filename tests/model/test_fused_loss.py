@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from olmo_cli.train import fused_loss
-from olmo_cli.train.fused_loss import fused_cross_entropy
+from olmo_cli.model import fused_loss
+from olmo_cli.model.fused_loss import fused_cross_entropy
 
 IGNORE = -100
 
