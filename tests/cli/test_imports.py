@@ -119,6 +119,68 @@ def test_engine_module_imports_no_ui(module):
     )
 
 
+# ---- the engine's layers: each package imports only those below it ---------------------------------
+
+# Modules at the bottom, usable by every package: they import nothing of ours but errors (and the
+# package's own __version__).
+BASE = {"olmo_cli", "errors", "atomic", "untrusted", "memory", "dirlock", "world"}
+_BELOW_FORMATS = BASE | {"config", "data", "model", "checkpoint"}
+# What each engine package may import (its own modules aside); the CLI layer may import anything.
+ALLOWED = {
+    **{name: BASE for name in BASE},
+    "config": BASE,
+    "data": BASE | {"config"},
+    "hub": BASE | {"config"},
+    "model": BASE | {"config"},
+    "checkpoint": BASE | {"config", "model"},
+    "convert": _BELOW_FORMATS,
+    "quant": _BELOW_FORMATS,
+    "load": _BELOW_FORMATS | {"convert", "quant"},
+    "eval": _BELOW_FORMATS | {"convert", "quant", "load"},
+    "train": _BELOW_FORMATS | {"convert", "quant", "load", "eval", "hub"},
+}
+
+
+def _unit(module: str) -> str:
+    """The layer a module belongs to: its package under olmo_cli, or the top-level module's name."""
+    parts = module.split(".")
+    # `from olmo_cli import __version__` names an attribute of the package, not a module
+    return parts[1] if len(parts) > 1 and f"olmo_cli.{parts[1]}" in MODULES else "olmo_cli"
+
+
+def test_every_engine_package_has_a_layer():
+    assert {_unit(m) for m in ENGINE} <= set(ALLOWED), (
+        "add the new package to ALLOWED (and docs/architecture.md)"
+    )
+
+
+@pytest.mark.parametrize("module", ENGINE)
+def test_engine_imports_run_one_way(module):
+    # Every import counts: module level, inside functions and under TYPE_CHECKING alike.
+    own = _unit(module)
+    bad = sorted(
+        {
+            f"line {line}: {name}"
+            for line, name in _imports(module)
+            if name.startswith("olmo_cli.")
+            and not _is_cli_layer(name)
+            and _unit(name) != own
+            and _unit(name) not in ALLOWED[own]
+        }
+    )
+    assert not bad, (
+        f"{module} ({own}/) may import only {sorted(ALLOWED[own])}: {bad}; move the shared piece down to "
+        "the lowest package that needs it (docs/architecture.md, the layers)"
+    )
+
+
+def test_the_layer_check_sees_upward_imports():
+    assert _unit("olmo_cli.train.loop") == "train" and _unit("olmo_cli.world") == "world"
+    assert "train" not in ALLOWED["checkpoint"] and "load" not in ALLOWED["model"]
+    assert "olmo_cli.checkpoint.kind" in {name for _, name in _imports("olmo_cli.load.read")}
+    assert _unit("olmo_cli.__version__") == "olmo_cli"
+
+
 @pytest.mark.parametrize("module", sorted(MODULES))
 def test_nothing_imports_click_directly(module):
     # Typer 0.29 vendors its own Click as typer._click; a separately installed click is a different
