@@ -217,9 +217,10 @@ def resume(
     """
     from olmo_cli.config.loader import load_config
     from olmo_cli.errors import CheckpointError
+    from olmo_cli.train.restore import resume_target
     from olmo_cli.train.run import RunOptions
 
-    directory, checkpoint, config_file = _resume_target(run_dir, load_path)
+    directory, checkpoint, config_file = resume_target(run_dir, load_path)
     sets = [*(overrides or []), f"save_folder={directory}", f"load_path={checkpoint}"]
     loaded = load_config(config_file=config_file, overrides=sets, file_error=CheckpointError)
     relaunch_if_asked(nproc_per_node, Path(loaded.config.save_folder))
@@ -229,37 +230,6 @@ def resume(
         ui.warn_ignored(loaded.ignored)
     options = RunOptions(device=device.value if device else None, wandb=not no_wandb, continuing=True)
     run_training(loaded.config, options, json_output)
-
-
-def _resume_target(run_dir: Path | None, load_path: Path | None) -> tuple[Path, Path, Path]:
-    """(run directory, checkpoint, config file to use)."""
-    from olmo_cli.checkpoint.layout import find_latest_checkpoint
-    from olmo_cli.errors import CheckpointError
-
-    if load_path is not None:
-        checkpoint = load_path
-        if not checkpoint.is_dir():
-            raise CheckpointError(
-                f"checkpoint {checkpoint} does not exist",
-                hint="give a checkpoint directory such as runs/olmo-tiny/step300-unsharded",
-            )
-        directory = run_dir if run_dir is not None else checkpoint.resolve().parent
-    else:
-        directory = run_dir if run_dir is not None else Path(".")
-        found = find_latest_checkpoint(directory)
-        if found is None:
-            raise CheckpointError(
-                f"no checkpoint (stepN/ or stepN-unsharded/) in {directory}",
-                hint="give the run directory of a run that saved a checkpoint, or --load-path CKPT",
-            )
-        checkpoint = found
-    for candidate in (directory / "config.yaml", checkpoint / "config.yaml"):
-        if candidate.is_file():
-            return directory, checkpoint, candidate
-    raise CheckpointError(
-        f"neither {directory} nor {checkpoint} has a config.yaml",
-        hint="a run directory and its checkpoints hold the run's config.yaml",
-    )
 
 
 def run_training(cfg: TrainConfig, options: RunOptions, json_output: bool) -> None:
@@ -338,15 +308,12 @@ def _instances(cfg: TrainConfig, data: list[str] | None) -> int | None:
 def _dry_run_peak(cfg: TrainConfig, device: Device | None) -> tuple[float | None, str | None]:
     import torch
 
-    from olmo_cli.train.loop import autocast_dtype
-    from olmo_cli.train.speed import device_peak_flops
+    from olmo_cli.train.speed import run_peak_flops
 
-    if cfg.speed_monitor.gpu_flops_available is not None:
-        return cfg.speed_monitor.gpu_flops_available, "speed_monitor.gpu_flops_available"
-    name = device.value if device else ("cuda" if torch.cuda.is_available() else "cpu")
+    name: str | None = device.value if device else ("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        return None, None  # planning for GPUs from a machine without one: the time stays unknown
-    return device_peak_flops(name, autocast_dtype(cfg) or torch.float32)
+        name = None  # planning for GPUs from a machine without one: the time stays unknown
+    return run_peak_flops(cfg, name)
 
 
 def _plan_table(cfg: TrainConfig, plan: Any, built: int, source: str | None) -> Any:

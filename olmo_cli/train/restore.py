@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from olmo_cli.checkpoint.layout import find_latest_checkpoint, hint_previous_checkpoint
+from olmo_cli.checkpoint.layout import CONFIG_FILE, find_latest_checkpoint, hint_previous_checkpoint
 from olmo_cli.config.schema import TrainConfig
 from olmo_cli.errors import CheckpointError
 from olmo_cli.train.state import TrainerState
@@ -32,7 +32,13 @@ from olmo_cli.world import World
 if TYPE_CHECKING:
     from olmo_cli.checkpoint.kind import Located
 
-__all__ = ["Restored", "checkpoint_to_load", "restore_checkpoint", "set_optimizer_hyperparameters"]
+__all__ = [
+    "Restored",
+    "checkpoint_to_load",
+    "restore_checkpoint",
+    "resume_target",
+    "set_optimizer_hyperparameters",
+]
 
 
 @dataclass
@@ -66,6 +72,37 @@ def checkpoint_to_load(cfg: TrainConfig) -> Path | None:
             "them first)",
         )
     return path
+
+
+def resume_target(run_dir: Path | None, load_path: Path | None) -> tuple[Path, Path, Path]:
+    """What `olmo resume` continues: (run directory, checkpoint, config file to use).
+
+    `load_path` (a checkpoint, or a run folder: its latest) wins; its run directory defaults to the
+    checkpoint's parent. Else the newest checkpoint in `run_dir` (default: the current directory)."""
+    from olmo_cli.checkpoint.kind import locate_checkpoint
+    from olmo_cli.load.read import refuse_kinds
+
+    if load_path is not None:
+        located = locate_checkpoint(load_path)
+        directory = run_dir if run_dir is not None else located.path.resolve().parent
+    else:
+        directory = run_dir if run_dir is not None else Path(".")
+        found = find_latest_checkpoint(directory)
+        if found is None:
+            raise CheckpointError(
+                f"no checkpoint (stepN/ or stepN-unsharded/) in {directory}",
+                hint="give the run directory of a run that saved a checkpoint, or --load-path CKPT",
+            )
+        located = locate_checkpoint(found)
+    refuse_kinds(located, "olmo resume")
+    checkpoint = located.path
+    for candidate in (directory / CONFIG_FILE, checkpoint / CONFIG_FILE):
+        if candidate.is_file():
+            return directory, checkpoint, candidate
+    raise CheckpointError(
+        f"neither {directory} nor {checkpoint} has a {CONFIG_FILE}",
+        hint=f"a run directory and its checkpoints hold the run's {CONFIG_FILE}",
+    )
 
 
 def restore_checkpoint(
