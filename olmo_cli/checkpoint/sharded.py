@@ -35,7 +35,7 @@ from torch import nn
 from olmo_cli.atomic import disk_full_error, fsync_dir, is_disk_full
 from olmo_cli.checkpoint._files import fsync_file
 from olmo_cli.checkpoint.dcp_safe import SafeLoadPlanner, SafeReader
-from olmo_cli.checkpoint.layout import SHARDED_MODEL_DIR, SHARDED_TRAIN_DIR
+from olmo_cli.checkpoint.layout import CONFIG_FILE, SHARDED_MODEL_DIR, SHARDED_TRAIN_DIR
 from olmo_cli.checkpoint.optim_state import OLMO_GROUP_FIELDS
 from olmo_cli.checkpoint.safe_pickle import check_plain, load_trainer_pickle
 from olmo_cli.checkpoint.trainer_state import batch_geometry, normalize_trainer_state
@@ -172,8 +172,8 @@ def _prepare(final: Path, tmp: Path, overwrite: bool, world: World) -> None:
 
 
 def _write_small_files(tmp: Path, optim: torch.optim.Optimizer | None, config_yaml: str) -> None:
-    (tmp / "config.yaml").write_text(config_yaml, encoding="utf-8")
-    fsync_file(tmp / "config.yaml")
+    (tmp / CONFIG_FILE).write_text(config_yaml, encoding="utf-8")
+    fsync_file(tmp / CONFIG_FILE)
     if optim is not None:
         (tmp / OPTIM_GROUPS).write_text(json.dumps(_group_record(optim), indent=1), encoding="utf-8")
         fsync_file(tmp / OPTIM_GROUPS)
@@ -340,7 +340,7 @@ def _read_trainer(directory: Path, world: World, warnings: list[str]) -> dict[st
     raw, more = load_trainer_pickle(path, what=f"trainer state {path.name}")
     warnings += more
     config = None
-    if (directory / "config.yaml").is_file():
+    if (directory / CONFIG_FILE).is_file():
         config = read_yaml(directory / "config.yaml", error=CheckpointError)
     batch, seq_len = batch_geometry(config if isinstance(config, dict) else None)
     return normalize_trainer_state(

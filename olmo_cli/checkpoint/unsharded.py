@@ -20,7 +20,7 @@ import torch
 
 from olmo_cli.atomic import disk_full_error, fsync_dir, is_disk_full
 from olmo_cli.checkpoint._files import fsync_file
-from olmo_cli.checkpoint.layout import SHARDED_MARKERS, parse_step, resolve_state_file
+from olmo_cli.checkpoint.layout import CONFIG_FILE, SHARDED_MARKERS, parse_step, resolve_state_file
 from olmo_cli.checkpoint.model_state import check_model_state, normalize_model_state
 from olmo_cli.checkpoint.olmo_safetensors import compact, load_olmo_safetensors, save_olmo_safetensors
 from olmo_cli.checkpoint.optim_state import normalize_optim_state
@@ -99,8 +99,8 @@ def _write_contents(
     config_yaml_text: str,
     use_safetensors: bool,
 ) -> None:
-    (tmp / "config.yaml").write_text(config_yaml_text, encoding="utf-8")
-    fsync_file(tmp / "config.yaml")
+    (tmp / CONFIG_FILE).write_text(config_yaml_text, encoding="utf-8")
+    fsync_file(tmp / CONFIG_FILE)
     parts = {"model": dict(model_state), "optim": optim_state}
     for stem, state in parts.items():
         if state is None:
@@ -211,7 +211,7 @@ def _load_state_file(path: Path, what: str) -> Any:
 def _read_config(directory: Path, warnings: list[str]) -> tuple[str | None, dict[str, Any] | None]:
     from olmo_cli.config.yamlio import parse_yaml, read_config_text
 
-    path = directory / "config.yaml"
+    path = directory / CONFIG_FILE
     if not path.is_file():
         warnings.append(f"{directory} has no config.yaml; the model config must come from elsewhere")
         return None, None

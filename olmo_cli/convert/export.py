@@ -31,6 +31,7 @@ from olmo_cli.atomic import (
     give_umask_mode,
     is_disk_full,
 )
+from olmo_cli.checkpoint.layout import HF_CONFIG_FILE, TOKENIZER_FILE
 from olmo_cli.convert.hf import hf_config_dict, to_hf_state_dict
 from olmo_cli.errors import UsageError
 
@@ -125,7 +126,7 @@ def tokenizer_files(
         "model_max_length": max_length,
     }
     return {
-        "tokenizer.json": tokenizer.json_text,
+        TOKENIZER_FILE: tokenizer.json_text,
         "tokenizer_config.json": json.dumps(config, indent=2) + "\n",
         "special_tokens_map.json": json.dumps(special, indent=2) + "\n",
     }
@@ -194,7 +195,7 @@ def export_hf(
     tmp = _prepare_output(output, overwrite)
     try:
         shards = _write_weights(tmp, tensors, max_shard_bytes, progress)
-        files = {"config.json": json.dumps(config, indent=2) + "\n"}
+        files = {HF_CONFIG_FILE: json.dumps(config, indent=2) + "\n"}
         generation = {"_from_model_config": True, "eos_token_id": config["eos_token_id"]}
         generation["pad_token_id"] = config["pad_token_id"]
         files["generation_config.json"] = json.dumps(generation, indent=2) + "\n"
