@@ -117,6 +117,7 @@ def show_preset(
 
 def _derived_table(s) -> object:  # noqa: ANN001 - a derived.Summary
     from olmo_cli import ui
+    from olmo_cli.config.precision import PRECISIONS
 
     table = ui.table("derived", "value", title="Derived numbers", right=("value",))
     table.add_row("parameters", f"{s.params:,}")
@@ -125,11 +126,11 @@ def _derived_table(s) -> object:  # noqa: ANN001 - a derived.Summary
     table.add_row("training tokens", ui.human_count(s.training_tokens))
     table.add_row("training FLOPs per token (fwd + bwd)", f"{s.training_flops_per_token:,}")
     table.add_row("training FLOPs, whole run", ui.scientific(s.training_flops))
-    m = s.memory
-    where = f"{m.gpus} GPU{'s' if m.gpus > 1 else ''}, FSDP, bf16 mixed, AdamW"
+    m, precision = s.memory, PRECISIONS[s.precision]
+    where = f"{s.world_size} GPU{'s' if s.world_size > 1 else ''}, FSDP, {precision.label}, AdamW"
     table.add_row(f"memory per GPU ({where})", ui.human_bytes(m.total), end_section=False)
     table.add_row("  master weights + grads + AdamW (sharded)", ui.human_bytes(m.sharded_states))
-    table.add_row("  gathered bf16 parameters", ui.human_bytes(m.gathered_params))
+    table.add_row(f"  gathered {precision.short} parameters", ui.human_bytes(m.gathered_params))
     table.add_row("  activations (one micro-batch)", ui.human_bytes(m.activations))
     table.add_row("  logits (one micro-batch)", ui.human_bytes(m.logits))
     return table

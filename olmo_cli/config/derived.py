@@ -1,13 +1,16 @@
-"""Numbers that follow from a config alone: parameter counts, FLOPs per token, memory per GPU.
+"""Numbers that follow from a config alone: parameter counts, FLOPs per token, memory per rank.
 
-Pure arithmetic on the config (no torch), so `olmo presets show 65b` answers instantly; a test checks
-the counts against a model built on the meta device.
+`footprint` gathers them for a run in its precision on a number of ranks; `olmo presets show` and `olmo
+train --dry-run` both report it. Pure arithmetic on the config (no torch), so `olmo presets show 65b`
+answers instantly; a test checks the counts against a model built on the meta device.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from olmo_cli.config.activation_checkpointing import checkpointed_blocks
+from olmo_cli.config.precision import precision_of
 from olmo_cli.config.schema import ModelConfig, TrainConfig, parse_duration
 
 GIB = 1024**3
@@ -82,68 +85,108 @@ def training_tokens(cfg: TrainConfig) -> int | None:
 
 
 @dataclass(frozen=True)
-class MemoryEstimate:
-    """Bytes per GPU for one training micro-step under FSDP with bf16 mixed precision and AdamW."""
+class MemoryPerRank:
+    """Bytes one rank holds while training (an estimate: no allocator slack, CUDA context or
+    communication buffers, which add a few GiB in practice).
 
-    gpus: int
-    sharded_states: int  # fp32 master weights + fp32 grads + AdamW moments, split over the GPUs
-    gathered_params: int  # bf16 full copies of the units being computed (current + prefetched)
-    activations: int  # saved for backward, for one micro-batch
-    logits: int  # bf16 logits + fp32 log-softmax of one micro-batch
+    FSDP shards the fp32 parameters, gradients and AdamW moments across the ranks; the compute copies of
+    the units being gathered, the activations and the logits are per rank.
+    """
+
+    params: int  # fp32 master weights (this rank's shard)
+    grads: int  # fp32 gradients (shard)
+    optimizer: int  # AdamW exp_avg + exp_avg_sq in fp32 (shard)
+    gathered_params: int  # compute-dtype copies of the units in use (all of them with one rank)
+    activations: int  # saved for backward, one micro-batch
+    logits: int  # compute-dtype logits plus the fp32 log-softmax, one micro-batch
+
+    @property
+    def sharded_states(self) -> int:
+        """Master weights, gradients and AdamW moments: the part that shrinks with more ranks."""
+        return self.params + self.grads + self.optimizer
 
     @property
     def total(self) -> int:
         return self.sharded_states + self.gathered_params + self.activations + self.logits
 
 
-def _activation_bytes_per_token_per_layer(cfg: ModelConfig) -> int:
-    """bf16 tensors a block keeps for backward, per token, with a fused (flash) attention kernel:
-    both norm inputs and outputs, fused qkv, rotated q/k and v, attention output, the fused MLP
+def _activation_elements_per_token_per_layer(cfg: ModelConfig) -> int:
+    """Compute-dtype tensors a block keeps for backward, per token, with a fused (flash) attention
+    kernel: both norm inputs and outputs, fused qkv, rotated q/k and v, attention output, the fused MLP
     projection, the activation and its product."""
     d, kv_width = cfg.d_model, cfg.effective_n_kv_heads * cfg.head_dim
     qkv = d + 2 * kv_width
-    elements = 4 * d + 2 * qkv + d + cfg.mlp_hidden + 2 * cfg.mlp_out_width
-    return 2 * elements
+    return 4 * d + 2 * qkv + d + cfg.mlp_hidden + 2 * cfg.mlp_out_width
 
 
-def _checkpointed_layers(cfg: TrainConfig) -> int:
-    n = cfg.model.n_layers
-    every = {"whole_layer": 1, "one_in_two": 2, "one_in_three": 3, "one_in_four": 4, "one_in_eight": 8}
-    mode = cfg.activation_checkpointing
-    if mode is None or mode == "fine_grained":
-        return 0
-    if mode in every:
-        return len(range(0, n, every[mode]))
-    return n - len(range(0, n, 3 if mode == "two_in_three" else 4))
-
-
-def memory_per_gpu(cfg: TrainConfig, gpus: int) -> MemoryEstimate:
-    """An estimate, not a promise: it leaves out the CUDA context, allocator fragmentation and
-    communication buffers, which add a few GiB in practice."""
-    if gpus < 1:
-        raise ValueError("gpus must be at least 1")
+def memory_per_rank(cfg: TrainConfig, world_size: int) -> MemoryPerRank:
+    """The memory of one of `world_size` ranks training `cfg` with AdamW, in the run's precision."""
+    if world_size < 1:
+        raise ValueError("world_size must be at least 1")
     model = cfg.model
-    params = num_params(model)
-    sharded = 16 * params // gpus  # 4 master + 4 grad + 8 AdamW bytes per parameter
-    # The largest units FSDP gathers are blocks and the root (embedding + output projection).
-    unit = max(block_params(model), embedding_params(model) + output_params(model))
-    gathered = 2 * 2 * unit if gpus > 1 else 2 * params  # bf16: current + prefetched unit
+    precision = precision_of(cfg)
+    width = precision.bytes  # of the compute dtype
+    n = num_params(model)
+    if world_size > 1:
+        # The largest units FSDP gathers are blocks and the root (embedding + output projection): the
+        # current one and the prefetched next.
+        unit = max(block_params(model), embedding_params(model) + output_params(model))
+        gathered = 2 * width * unit
+    else:
+        # One rank: autocast keeps a low-precision copy of every weight; fp32 computes on the weights.
+        gathered = width * n if precision.autocast else 0
     tokens = cfg.device_train_microbatch_size * model.max_sequence_length
-    per_layer = _activation_bytes_per_token_per_layer(model) * tokens
-    kept = _checkpointed_layers(cfg)
-    activations = (model.n_layers - kept) * per_layer + kept * 2 * model.d_model * tokens
+    per_layer = width * _activation_elements_per_token_per_layer(model) * tokens
+    kept = len(checkpointed_blocks(cfg.activation_checkpointing, model.n_layers))
+    # A checkpointed block keeps only its input; one block at a time is recomputed in the backward pass.
+    activations = (model.n_layers - kept) * per_layer + kept * width * model.d_model * tokens
     if kept:
-        activations += per_layer  # one block is recomputed at a time
-    logits = tokens * model.padded_vocab_size * (2 + 4)
-    return MemoryEstimate(gpus, sharded, gathered, activations, logits)
+        activations += per_layer
+    return MemoryPerRank(
+        params=4 * n // world_size,
+        grads=4 * n // world_size,
+        optimizer=8 * n // world_size,
+        gathered_params=gathered,
+        activations=activations,
+        logits=tokens * model.padded_vocab_size * (width + 4),
+    )
 
 
 @dataclass(frozen=True)
-class Summary:
-    """What `olmo presets list/show` report about a config."""
+class Footprint:
+    """What training `cfg` on `world_size` ranks costs, from the config alone: the one account both
+    `olmo presets show` and `olmo train --dry-run` report."""
 
+    world_size: int
+    precision: str
     params: int
     non_embedding_params: int
+    forward_flops_per_token: int
+    backward_flops_per_token: int
+    memory: MemoryPerRank
+
+    @property
+    def training_flops_per_token(self) -> int:
+        return self.forward_flops_per_token + self.backward_flops_per_token
+
+
+def footprint(cfg: TrainConfig, world_size: int) -> Footprint:
+    forward, backward = flops_per_token(cfg.model)
+    return Footprint(
+        world_size=world_size,
+        precision=precision_of(cfg).name,
+        params=num_params(cfg.model),
+        non_embedding_params=num_params(cfg.model, include_embedding=False),
+        forward_flops_per_token=forward,
+        backward_flops_per_token=backward,
+        memory=memory_per_rank(cfg, world_size),
+    )
+
+
+@dataclass(frozen=True)
+class Summary(Footprint):
+    """What `olmo presets list/show` report about a config: its footprint, shape and training budget."""
+
     n_layers: int
     d_model: int
     n_heads: int
@@ -151,13 +194,6 @@ class Summary:
     context_length: int
     tokens_per_step: int
     training_tokens: float | None
-    forward_flops_per_token: int
-    backward_flops_per_token: int
-    memory: MemoryEstimate
-
-    @property
-    def training_flops_per_token(self) -> int:
-        return self.forward_flops_per_token + self.backward_flops_per_token
 
     @property
     def training_flops(self) -> float | None:
@@ -166,6 +202,7 @@ class Summary:
         return self.training_flops_per_token * self.training_tokens
 
     def as_dict(self) -> dict[str, object]:
+        m = self.memory
         return {
             "params": self.params,
             "non_embedding_params": self.non_embedding_params,
@@ -180,13 +217,14 @@ class Summary:
             "backward_flops_per_token": self.backward_flops_per_token,
             "training_flops_per_token": self.training_flops_per_token,
             "training_flops": self.training_flops,
+            "precision": self.precision,
             "memory_per_gpu": {
-                "gpus": self.memory.gpus,
-                "sharded_states_bytes": self.memory.sharded_states,
-                "gathered_params_bytes": self.memory.gathered_params,
-                "activations_bytes": self.memory.activations,
-                "logits_bytes": self.memory.logits,
-                "total_bytes": self.memory.total,
+                "gpus": self.world_size,
+                "sharded_states_bytes": m.sharded_states,
+                "gathered_params_bytes": m.gathered_params,
+                "activations_bytes": m.activations,
+                "logits_bytes": m.logits,
+                "total_bytes": m.total,
             },
         }
 
@@ -194,11 +232,9 @@ class Summary:
 def summarize(cfg: TrainConfig, *, gpus: int = 1, published_tokens: float | None = None) -> Summary:
     """`published_tokens` (a preset's own figure) is used when the schedule is in epochs."""
     model = cfg.model
-    forward, backward = flops_per_token(model)
     tokens = training_tokens(cfg)
     return Summary(
-        params=num_params(model),
-        non_embedding_params=num_params(model, include_embedding=False),
+        **vars(footprint(cfg, gpus)),
         n_layers=model.n_layers,
         d_model=model.d_model,
         n_heads=model.n_heads,
@@ -206,7 +242,4 @@ def summarize(cfg: TrainConfig, *, gpus: int = 1, published_tokens: float | None
         context_length=model.max_sequence_length,
         tokens_per_step=cfg.tokens_per_step,
         training_tokens=tokens if tokens is not None else published_tokens,
-        forward_flops_per_token=forward,
-        backward_flops_per_token=backward,
-        memory=memory_per_gpu(cfg, gpus),
     )

@@ -1,6 +1,6 @@
 """Throughput and MFU: a windowed speed monitor, and the peak FLOP/s of the device it is measured against.
 
-The monitor follows upstream (olmo-format.md §7.7): tokens and batches per second per device, over the
+The monitor follows upstream: tokens and batches per second per device, over the
 last `window_size` batches, leaving out the first batch after a start or a reset (it pays for warm-up,
 compilation, or the checkpoint/eval that preceded it). MFU = achieved model FLOP/s / the device's peak.
 
@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 
 from olmo_cli.atomic import atomic_write_text
+from olmo_cli.config.precision import compute_dtype
+from olmo_cli.config.schema import TrainConfig
 
 __all__ = [
     "GPU_PEAKS",
@@ -29,6 +31,7 @@ __all__ = [
     "device_peak_flops",
     "gpu_peak_flops",
     "measure_matmul_peak",
+    "run_peak_flops",
 ]
 
 
@@ -138,6 +141,18 @@ def device_peak_flops(device: torch.device | str, dtype: torch.dtype) -> tuple[f
     threads = torch.get_num_threads()
     peak = measure_matmul_peak(device, dtype)
     return peak, f"{_cpu_model()}, {threads} threads: measured {_dtype_name(dtype)} matmul peak"
+
+
+def run_peak_flops(cfg: TrainConfig, device: torch.device | str | None) -> tuple[float | None, str | None]:
+    """(one device's peak FLOP/s for `cfg`'s run, where the figure comes from), as training measures its
+    MFU and the dry run its time: `speed_monitor.gpu_flops_available` when the config gives it, else the
+    peak of `device` in the run's compute dtype. `device` None (one this machine does not have) and no
+    configured figure: (None, None)."""
+    if cfg.speed_monitor.gpu_flops_available is not None:
+        return cfg.speed_monitor.gpu_flops_available, "speed_monitor.gpu_flops_available"
+    if device is None:
+        return None, None
+    return device_peak_flops(device, compute_dtype(cfg))
 
 
 def _dtype_name(dtype: torch.dtype) -> str:

@@ -9,6 +9,7 @@ import copy
 import pytest
 import torch
 
+from olmo_cli.config.activation_checkpointing import checkpointed_blocks
 from olmo_cli.config.schema import CompilerConfig, FSDPConfig
 from olmo_cli.errors import CheckpointError, ConfigError
 from olmo_cli.model.loss import cross_entropy_loss
@@ -17,7 +18,6 @@ from olmo_cli.model.state_dict import clean_param_name
 from olmo_cli.train.parallelize import (
     apply_activation_checkpointing,
     apply_compile,
-    checkpointed_blocks,
     full_model_state,
     load_full_model_state,
     mesh_shape,

@@ -1,5 +1,6 @@
 """The dry-run plan against numbers worked out by hand from the presets' shapes (not from the formulas
-in config/derived.py that the plan itself uses)."""
+in config/derived.py that the plan itself uses), and the peak FLOP/s it and the trainer time a run
+against."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import json
 import math
 
 import pytest
+import torch
 
 from olmo_cli.errors import ConfigError
+from olmo_cli.train import speed
 from olmo_cli.train.plan import batch_split, count_parameters_on_meta, make_plan
 from tests.train._helpers import preset
 
@@ -137,3 +140,16 @@ def test_as_dict_is_json():
 def test_mfu_out_of_range_is_refused():
     with pytest.raises(ConfigError):
         make_plan(preset("tiny"), world_size=1, mfu=0)
+
+
+def test_the_peak_is_the_configured_figure_else_the_devices_in_the_compute_dtype(monkeypatch):
+    asked = []
+    monkeypatch.setattr(speed, "device_peak_flops", lambda device, dtype: asked.append(dtype) or (7e12, "x"))
+    assert speed.run_peak_flops(preset("tiny", precision="amp_bf16"), "cpu") == (7e12, "x")
+    assert speed.run_peak_flops(preset("tiny", precision=None), "cpu") == (7e12, "x")
+    assert asked == [torch.bfloat16, torch.float32]
+    assert speed.run_peak_flops(preset("tiny"), None) == (None, None)  # a device this machine lacks
+    given = preset("tiny")
+    given.speed_monitor.gpu_flops_available = 5e12
+    assert speed.run_peak_flops(given, None) == (5e12, "speed_monitor.gpu_flops_available")
+    assert len(asked) == 2
