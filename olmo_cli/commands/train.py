@@ -149,10 +149,13 @@ def train(
     """
     from olmo_cli.config.loader import load_config
 
-    sets = list(overrides or [])
-    if save_folder is not None:
-        sets.append(f"save_folder={save_folder}")
-    loaded = load_config(preset=preset, config_file=config, overrides=sets)
+    loaded = load_config(
+        preset=preset,
+        config_file=config,
+        overrides=overrides or [],
+        forced={"save_folder": str(save_folder)} if save_folder is not None else None,
+        origins={"save_folder": "--save-folder"},
+    )
     if dry_run:
         _dry_run(loaded.config, data, nproc_per_node, device, json_output)
         return
@@ -221,8 +224,13 @@ def resume(
     from olmo_cli.train.run import RunOptions
 
     directory, checkpoint, config_file = resume_target(run_dir, load_path)
-    sets = [*(overrides or []), f"save_folder={directory}", f"load_path={checkpoint}"]
-    loaded = load_config(config_file=config_file, overrides=sets, file_error=CheckpointError)
+    loaded = load_config(
+        config_file=config_file,
+        overrides=overrides or [],
+        forced={"save_folder": str(directory), "load_path": str(checkpoint)},
+        origins={"save_folder": "the run directory", "load_path": "--load-path"},
+        file_error=CheckpointError,
+    )
     relaunch_if_asked(nproc_per_node, Path(loaded.config.save_folder))
     if is_main_process() and not json_output:
         from olmo_cli import ui

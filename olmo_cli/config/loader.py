@@ -1,13 +1,26 @@
-"""`load_config(preset | file, overrides)`: the one way a command turns user input into a validated
-TrainConfig. Order as upstream: schema defaults <- YAML file <- --set overrides, then `${...}`
-interpolations are resolved (so they see overridden values), then pydantic validates."""
+"""`load_config`: the one way a command turns user input into a validated TrainConfig.
+
+Layers, in increasing precedence (each key takes the value of the highest layer that sets it):
+  1. the schema's defaults;
+  2. the starting point: the preset (`--preset`, without its `preset:` description block), or without
+     preset and file, `base`: a checkpoint's own config as data (`olmo finetune`);
+  3. `defaults`: a command's own defaults over the starting point (finetune's learning rate, ...); a
+     mapping of dotted keys, or a function of the data below it (e.g. a cap on the base's batch);
+  4. the config file (`--config`): a user's file wins over the command's defaults;
+  5. `options`: typed values of command-line options (`--lora-rank`), below --set;
+  6. `--set KEY=VALUE` overrides, read as YAML;
+  7. `forced`: typed values a command decides (`--save-folder`, the run `olmo resume` continues).
+Then `${...}` interpolations are resolved (so they see every layer) and pydantic validates. Typed
+values are never turned back into text: `--save-folder 2024` names the folder "2024". An invalid value
+is blamed on where it came from: the file (`file_error`), --set, or the option named in `origins`.
+"""
 
 from __future__ import annotations
 
 import difflib
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,13 +28,15 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from olmo_cli.config.interpolate import resolve_interpolations
-from olmo_cli.config.overrides import apply_overrides
+from olmo_cli.config.overrides import apply_overrides, dotted_keys, set_values
 from olmo_cli.config.presets import preset_path
 from olmo_cli.config.schema import IgnoredSetting, TrainConfig, not_acted_on
 from olmo_cli.config.yamlio import read_yaml
 from olmo_cli.errors import ConfigError, OlmoError, UsageError
 
 PRESET_KEY = "preset"  # a preset file's own description block; not part of TrainConfig
+
+Defaults = Mapping[str, Any] | Callable[[Mapping[str, Any]], Mapping[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -34,9 +49,11 @@ class PresetInfo:
 @dataclass(frozen=True)
 class LoadedConfig:
     config: TrainConfig
-    source: str  # "preset 7b" or the file path
+    source: str  # "preset 7b", the file path, or the base's name
     preset: PresetInfo | None = None
     ignored: list[IgnoredSetting] = field(default_factory=list)
+    explicit: frozenset[str] = frozenset()
+    """Dotted keys the user set: in the config file, with --set, or through an option."""
 
 
 def load_config(
@@ -44,27 +61,77 @@ def load_config(
     config_file: Path | None = None,
     overrides: Sequence[str] = (),
     *,
+    base: Mapping[str, Any] | None = None,
+    base_source: str = "the checkpoint's config",
+    defaults: Defaults | None = None,
+    options: Mapping[str, Any] | None = None,
+    forced: Mapping[str, Any] | None = None,
+    origins: Mapping[str, str] | None = None,
     file_error: type[OlmoError] = ConfigError,
 ) -> LoadedConfig:
-    """`file_error` is what a file that cannot be read, parsed or interpolated raises: CheckpointError
-    when the file is a run's or checkpoint's saved config.yaml (`olmo resume`)."""
-    if (preset is None) == (config_file is None):
+    """The layers of the module doc. The source is the preset or `config_file` (exactly one of them), or
+    with `base` given, at most one of them (neither: `base` is the starting point). `origins` names the
+    option each `options`/`forced` key came from (e.g. {"save_folder": "--save-folder"}), for messages.
+    `file_error` is what a file that cannot be read, parsed or interpolated raises: CheckpointError when
+    the file is a run's or checkpoint's saved config.yaml (`olmo resume`)."""
+    sources = (preset is not None) + (config_file is not None)
+    if sources > 1 or (base is None and sources == 0):
         raise UsageError(
-            "give exactly one of --preset NAME and --config FILE",
+            "give at most one of --preset NAME and --config FILE"
+            if base is not None
+            else "give exactly one of --preset NAME and --config FILE",
             hint="`olmo presets list` shows the presets",
         )
-    path = preset_path(preset) if preset is not None else Path(config_file)  # type: ignore[arg-type]
-    source = f"preset '{preset}'" if preset is not None else str(path)
+    data: dict[str, Any] = dict(base) if base is not None and sources == 0 else {}
+    source, info = base_source, None
+    if preset is not None:
+        data, info = _read_source(preset_path(preset), f"preset '{preset}'", file_error)
+        source = f"preset '{preset}'"
+    data, _ = set_values(data, _resolved(defaults, data))
+    explicit: set[str] = set()
+    if config_file is not None:
+        source = str(config_file)
+        own, info = _read_source(Path(config_file), source, file_error)
+        data = _merged(data, own)
+        explicit |= dotted_keys(own)
+    data, from_options = set_values(data, options or {})
+    data, from_set = apply_overrides(data, list(overrides))
+    data, from_forced = set_values(data, forced or {})
+    data = resolve_interpolations(data, source=source, error=file_error)
+    blame = {key: "--set" for key in from_set}
+    blame |= {key: (origins or {}).get(key, "the command line") for key in from_options | from_forced}
+    cfg = validate(data, source=source, overridden=blame, file_error=file_error)
+    explicit |= from_options | from_set | from_forced
+    return LoadedConfig(cfg, source, info, not_acted_on(cfg), frozenset(explicit))
+
+
+def _read_source(
+    path: Path, source: str, file_error: type[OlmoError]
+) -> tuple[dict[str, Any], PresetInfo | None]:
     data = read_yaml(path, error=file_error)
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise file_error(f"{source} must be a YAML mapping of config keys, not {type(data).__name__}")
-    info = _preset_info(data.pop(PRESET_KEY, None), source)
-    data, touched = apply_overrides(data, list(overrides))
-    data = resolve_interpolations(data, source=source, error=file_error)
-    cfg = validate(data, source=source, overridden=touched, file_error=file_error)
-    return LoadedConfig(cfg, source, info, not_acted_on(cfg))
+    return data, _preset_info(data.pop(PRESET_KEY, None), source)
+
+
+def _resolved(defaults: Defaults | None, below: Mapping[str, Any]) -> Mapping[str, Any]:
+    if defaults is None:
+        return {}
+    return defaults(below) if callable(defaults) else defaults
+
+
+def _merged(below: dict[str, Any], above: Mapping[str, Any]) -> dict[str, Any]:
+    """`above` over `below`, section by section (a file that sets optimizer.lr keeps the rest of the
+    optimizer section below it); a value that is not a section replaces what is below."""
+    result = dict(below)
+    for key, value in above.items():
+        if isinstance(value, Mapping) and isinstance(result.get(key), Mapping):
+            result[key] = _merged(dict(result[key]), value)
+        else:
+            result[key] = value
+    return result
 
 
 def _preset_info(raw: Any, source: str) -> PresetInfo | None:
@@ -81,22 +148,23 @@ def validate(
     data: dict[str, Any],
     *,
     source: str = "config",
-    overridden: set[str] = frozenset(),
+    overridden: Mapping[str, str] | None = None,
     file_error: type[OlmoError] = ConfigError,
 ) -> TrainConfig:
     """A validated TrainConfig. An invalid setting is the file's fault (`file_error`) unless every
-    invalid one came from --set (then ConfigError: the command line is the user's to fix)."""
+    invalid one came from the command line (`overridden`: dotted key -> "--set" or the option's name;
+    then ConfigError: the command line is the user's to fix)."""
     try:
         return TrainConfig.model_validate(data)
     except ValidationError as e:
-        raise _translate(e, source, overridden, file_error) from None
+        raise _translate(e, source, overridden or {}, file_error) from None
 
 
 # ---- turning pydantic's errors into one readable message -------------------------------------------
 
 
 def _translate(
-    error: ValidationError, source: str, overridden: set[str], file_error: type[OlmoError]
+    error: ValidationError, source: str, overridden: Mapping[str, str], file_error: type[OlmoError]
 ) -> OlmoError:
     lines: dict[str, list[str]] = {}
     from_file = False
@@ -110,7 +178,7 @@ def _translate(
         else:
             text = _describe(err)
         if path in overridden:
-            text += " (from --set)"
+            text += f" (from {overridden[path]})"
         else:
             from_file = True
         lines.setdefault(path or "(top level)", []).append(text)

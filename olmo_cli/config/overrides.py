@@ -9,6 +9,7 @@ upstream reads it as `true`, which an integer field would then take as 1.
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from typing import Any
 
 from olmo_cli.config.yamlio import parse_yaml
@@ -49,12 +50,35 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> tuple[dict[st
     touched: set[str] = set()
     for text in overrides:
         parts, value = parse_override(text)
-        node: Any = result
-        for i, part in enumerate(parts[:-1]):
-            node = _child(node, part, parts[: i + 1], text)
-        _assign(node, parts[-1], value, text)
+        _put(result, parts, value, text)
         touched.add(".".join(parts))
     return result, touched
+
+
+def set_values(data: dict[str, Any], values: Mapping[str, Any]) -> tuple[dict[str, Any], set[str]]:
+    """Return a copy of `data` with typed values set at dotted keys (no YAML parsing: the string "2024"
+    stays a string), and the keys set. Missing or null sections on the way are created."""
+    result = copy.deepcopy(data)
+    for key, value in values.items():
+        _put(result, key.split("."), copy.deepcopy(value), key)
+    return result, set(values)
+
+
+def dotted_keys(data: Mapping[str, Any], prefix: str = "") -> set[str]:
+    """Every dotted key a mapping sets, sections included."""
+    found = set()
+    for key, value in data.items():
+        found.add(prefix + str(key))
+        if isinstance(value, Mapping):
+            found |= dotted_keys(value, f"{prefix}{key}.")
+    return found
+
+
+def _put(result: dict[str, Any], parts: list[str], value: Any, text: str) -> None:
+    node: Any = result
+    for i, part in enumerate(parts[:-1]):
+        node = _child(node, part, parts[: i + 1], text)
+    _assign(node, parts[-1], value, text)
 
 
 def _child(node: Any, part: str, path: list[str], text: str) -> Any:

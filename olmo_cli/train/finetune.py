@@ -6,20 +6,19 @@ only, starts at step 0 with a fresh optimizer and schedule, and then is a run li
 checkpoints, metrics, wandb, and `olmo resume`, which continues from the run's own checkpoints (see
 train/restore.py: the resets apply only to a checkpoint that is not the run's own).
 
-The config is, in increasing precedence:
+The config is the one loader's chain (`olmo_cli.config.loader`), in increasing precedence:
   1. the base: the checkpoint's own config (its config.yaml, or a Hugging Face config.json), or the
      --preset / --config given, whose model must then describe the checkpoint's architecture;
   2. FINETUNE_DEFAULTS and a global batch of at most FINETUNE_MAX_GLOBAL_BATCH (a --config file's own
      values win over them; a preset's do not, presets being pretraining recipes);
-  3. --lora-* settings, then --set overrides;
-  4. what makes it a finetune of BASE (load_path and the two resets) and --save-folder.
+  3. --lora-* settings (typed options), then --set overrides;
+  4. what makes it a finetune of BASE (load_path and the two resets) and --save-folder (forced).
 Then, unless set explicitly, the warmup is WARMUP_FRACTION of the steps and `stop_at` is the last step.
 """
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -62,6 +61,7 @@ WARMUP_FRACTION = 0.03
 # Tulu's effective batch. A base's pretraining batch (2048 sequences for the official 1B/7B) would leave
 # a finetune set of a few thousand conversations less than a step; a smaller base batch is kept.
 FINETUNE_MAX_GLOBAL_BATCH = 128
+_SCHEMA_BATCH = TrainConfig.model_fields["global_train_batch_size"].default
 LORA_LEARNING_RATE = 1e-4  # adapters start at zero and are few: they want a larger step
 
 # The fields that decide the parameters' shapes or the forward computation, read through the properties
@@ -142,83 +142,39 @@ def architecture_differences(checkpoint: ModelConfig, other: ModelConfig) -> lis
 # ---- the config -------------------------------------------------------------------------------------
 
 
-def _set(data: dict[str, Any], dotted: str, value: Any) -> None:
-    node = data
-    *parents, leaf = dotted.split(".")
-    for part in parents:
-        if not isinstance(node.get(part), dict):
-            node[part] = {}
-        node = node[part]
-    node[leaf] = copy.deepcopy(value)
-
-
-def _keys(data: dict[str, Any], prefix: str = "") -> set[str]:
-    """Every dotted key a mapping sets, sections included."""
-    found = set()
-    for key, value in data.items():
-        found.add(prefix + str(key))
-        if isinstance(value, dict):
-            found |= _keys(value, f"{prefix}{key}.")
-    return found
-
-
-def _starting_point(request: FinetuneRequest, base: CheckpointConfig) -> tuple[dict[str, Any], set[str], str]:
-    """(config data, keys the user's own file sets, source name)."""
-    from olmo_cli.config.loader import PRESET_KEY
-    from olmo_cli.config.presets import preset_path
-    from olmo_cli.config.yamlio import read_yaml
-
-    if request.preset is not None and request.config_file is not None:
-        raise UsageError("give at most one of --preset NAME and --config FILE")
-    if request.preset is None and request.config_file is None:
-        return base.config.model_dump(mode="json"), set(), f"the config of {base.path}"
-    path = preset_path(request.preset) if request.preset is not None else Path(request.config_file)  # type: ignore[arg-type]
-    source = f"preset '{request.preset}'" if request.preset is not None else str(path)
-    data = read_yaml(path) or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source} must be a YAML mapping of config keys, not {type(data).__name__}")
-    data.pop(PRESET_KEY, None)
-    return data, (_keys(data) if request.config_file is not None else set()), source
-
-
 def _wants_lora(request: FinetuneRequest) -> bool:
     return request.lora is not None or any(
         o.strip().lstrip("-").replace("-", "_").startswith("lora") for o in request.overrides
     )
 
 
-def _defaults(request: FinetuneRequest, base: CheckpointConfig) -> dict[str, Any]:
+def _defaults(
+    request: FinetuneRequest, base: CheckpointConfig
+) -> Callable[[Mapping[str, Any]], dict[str, Any]]:
+    """Finetune's defaults over the starting point (the base's or the preset's config), as a function of
+    it: the global batch is the starting point's, capped at FINETUNE_MAX_GLOBAL_BATCH."""
     name = base.config.run_name or base.path.name
     suffix = "lora" if _wants_lora(request) else "finetune"
     defaults = {**FINETUNE_DEFAULTS, "run_name": f"{name}-{suffix}", "save_folder": f"runs/{name}-{suffix}"}
     if _wants_lora(request):
         defaults["optimizer.learning_rate"] = LORA_LEARNING_RATE
-    return defaults
+
+    def over(below: Mapping[str, Any]) -> dict[str, Any]:
+        batch = (
+            below.get("global_train_batch_size")
+            or TrainConfig.model_fields["global_train_batch_size"].default
+        )
+        return {**defaults, "global_train_batch_size": min(batch, FINETUNE_MAX_GLOBAL_BATCH)}
+
+    return over
 
 
-def _validated(data: dict[str, Any], source: str, touched: set[str]) -> TrainConfig:
-    from olmo_cli.config.interpolate import resolve_interpolations
-    from olmo_cli.config.loader import validate
+def _configured(request: FinetuneRequest, base: CheckpointConfig) -> tuple[TrainConfig, frozenset[str]]:
+    """The validated config before the data is known, and the keys the user set explicitly: the
+    finetune's settings as layers of the one loader (see the module doc)."""
+    from olmo_cli.config.loader import load_config
 
-    return validate(resolve_interpolations(data, source=source), source=source, overridden=touched)
-
-
-def _configured(request: FinetuneRequest, base: CheckpointConfig) -> tuple[TrainConfig, set[str]]:
-    """The validated config before the data is known, and the keys the user set explicitly."""
-    from olmo_cli.config.overrides import apply_overrides
-
-    data, own_keys, source = _starting_point(request, base)
-    for key, value in _defaults(request, base).items():
-        if key not in own_keys:
-            _set(data, key, value)
-    if "global_train_batch_size" not in own_keys:
-        default = TrainConfig.model_fields["global_train_batch_size"].default
-        batch = data.get("global_train_batch_size") or default
-        data["global_train_batch_size"] = min(batch, FINETUNE_MAX_GLOBAL_BATCH)
-    if request.lora is not None:
-        data["lora"] = {**(data.get("lora") or {}), **request.lora}
-    data, touched = apply_overrides(data, list(request.overrides))
-    forced = {
+    forced: dict[str, Any] = {
         "load_path": str(base.path),
         "reset_trainer_state": True,
         "reset_optimizer_state": True,
@@ -226,10 +182,18 @@ def _configured(request: FinetuneRequest, base: CheckpointConfig) -> tuple[Train
     }
     if request.save_folder is not None:
         forced["save_folder"] = str(request.save_folder)
-    for key, value in forced.items():
-        _set(data, key, value)
-    cfg = _validated(data, source, touched)
-    return cfg, touched | own_keys | ({"save_folder"} if request.save_folder is not None else set())
+    loaded = load_config(
+        preset=request.preset,
+        config_file=request.config_file,
+        overrides=list(request.overrides),
+        base=base.config.model_dump(mode="json"),
+        base_source=f"the config of {base.path}",
+        defaults=_defaults(request, base),
+        options={f"lora.{key}": value for key, value in (request.lora or {}).items()},
+        forced=forced,
+        origins={"save_folder": "--save-folder", **{f"lora.{k}": f"--lora-{k}" for k in request.lora or {}}},
+    )
+    return loaded.config, loaded.explicit
 
 
 def _check_architecture(base: CheckpointConfig, cfg: TrainConfig, request: FinetuneRequest) -> None:

@@ -115,18 +115,22 @@ def test_dry_run_json_for_a_world_size(tmp_path):
 
 
 def test_train_then_resume(tmp_path, data):
-    first = _train(
-        tmp_path, data, "--set", "max_duration=6", "--set", "stop_at=3", "--set", "save_interval=3"
+    # A run directory whose name YAML would read as a number: typed options are never re-parsed.
+    first = run_olmo(
+        "train",
+        *SMALL,
+        *("--data", str(data), "--save-folder", "2024"),
+        *("--set", "max_duration=6", "--set", "stop_at=3", "--set", "save_interval=3"),
+        cwd=tmp_path,
+        **_env(tmp_path),
     )
     assert first.returncode == 0, first.stderr
     assert "finished at step 3" in first.stdout
     assert "step 3: saved unsharded checkpoint" in first.stdout
-    run_dir = tmp_path / "run"
+    run_dir = tmp_path / "2024"
     assert [r["step"] for r in _records(run_dir)] == [1, 2, 3]
 
-    second = run_olmo(
-        "resume", str(run_dir), "--set", "stop_at=6", "--no-wandb", cwd=tmp_path, **_env(tmp_path)
-    )
+    second = run_olmo("resume", "2024", "--set", "stop_at=6", "--no-wandb", cwd=tmp_path, **_env(tmp_path))
     assert second.returncode == 0, second.stderr
     assert "resumed from" in second.stdout and "finished at step 6" in second.stdout
     assert [r["step"] for r in _records(run_dir)] == [1, 2, 3, 4, 5, 6]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -268,3 +269,10 @@ def test_resume_continues_a_finetune_from_its_own_checkpoint(tmp_path, material)
     assert list(found) == [1, 2, 3, 4, 5, 6]
     assert found == whole  # not restarted from the base: optimizer, schedule and data position kept
     assert all(math.isfinite(v) for v in found.values())
+
+
+@pytest.mark.parametrize("name", ["on", "null", "a: b", "2024"])
+def test_save_folder_names_stay_text(tmp_path, material, name):
+    base, data = material
+    assert finetune_config(base, data, tmp_path / name).save_folder == str(tmp_path / name)
+    assert finetune_config(base, data, Path(name)).save_folder == name
