@@ -17,7 +17,7 @@ import ast
 import json
 import platform
 import sysconfig
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from olmo_cli.atomic import atomic_open
 
 if TYPE_CHECKING:
-    from olmo_cli.data.tokenize import TokenizeProgress, TokenizeSummary
+    pass
 
 DEFAULT_TOKENIZER = "builtin:tiny-bpe-4096"
 _LEFT_OUT = {
@@ -140,24 +140,3 @@ def write_default_corpus(path: Path | str, root: Path | None = None) -> tuple[in
             documents += 1
             written += len(line)
     return documents, written
-
-
-def tokenize_default_corpus(
-    cache_dir: Path | str,
-    *,
-    tokenizer: str = DEFAULT_TOKENIZER,
-    processes: int | None = None,
-    on_progress: Callable[[TokenizeProgress], None] | None = None,
-    root: Path | None = None,
-) -> TokenizeSummary:
-    """Tokenize the default corpus into `cache_dir/<corpus version>/tokens/` through the same pipeline as
-    `olmo data tokenize`; a finished earlier run is reused (and an interrupted one resumed). `root`: a
-    directory to read instead of this Python's standard library (tests use a small one)."""
-    from olmo_cli.data.tokenize import TokenizeOptions, tokenize
-
-    base = Path(cache_dir) / (corpus_version().replace("/", "-") if root is None else "custom-root")
-    corpus = base / "corpus.jsonl"
-    if not corpus.is_file():  # written atomically, so a file that is there is whole
-        write_default_corpus(corpus, root)
-    options = TokenizeOptions(processes=processes)
-    return tokenize([str(corpus)], tokenizer, base / "tokens", options, on_progress=on_progress)

@@ -19,7 +19,6 @@ tied) is q8_0, as llama.cpp's own quantizer keeps it at higher precision than th
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 from collections.abc import Callable, Iterator
@@ -34,8 +33,8 @@ from olmo_cli.config.schema import ModelConfig
 from olmo_cli.errors import UsageError
 
 if TYPE_CHECKING:
-    from olmo_cli.data.tokenizer import ResolvedTokenizer
     from olmo_cli.checkpoint.weights import CheckpointWeights
+    from olmo_cli.data.tokenizer import ResolvedTokenizer
 
 __all__ = [
     "GGUF_TYPES",
@@ -232,16 +231,3 @@ def write_gguf(
         tmp.unlink(missing_ok=True)
         raise
     return GgufResult(output, file_type, types, output.stat().st_size, warnings)
-
-
-def read_gguf_metadata(path: Path | str) -> dict[str, Any]:
-    """The scalar metadata of a GGUF file as plain values (arrays summarized by length): for reports."""
-    gguf = _require_gguf()
-    reader = gguf.GGUFReader(str(path))
-    out: dict[str, Any] = {}
-    for key, fld in reader.fields.items():
-        if key.startswith("GGUF."):
-            continue
-        value = fld.contents()
-        out[key] = f"[{len(value)} items]" if isinstance(value, list) else value
-    return json.loads(json.dumps(out, default=str))

@@ -6,12 +6,9 @@ from __future__ import annotations
 import json
 import textwrap
 
-import numpy as np
 import pytest
-from _tokenize_helpers import read_docs
 
-from olmo_cli.data.corpus import default_corpus_documents, tokenize_default_corpus, write_default_corpus
-from olmo_cli.data.tokenizer import resolve_tokenizer
+from olmo_cli.data.corpus import default_corpus_documents, write_default_corpus
 
 
 @pytest.fixture
@@ -89,16 +86,3 @@ def test_real_standard_library_gives_megabytes_of_text(tmp_path):
     ids = [json.loads(line)["id"] for line in (tmp_path / "corpus.jsonl").open()]
     assert len(set(ids)) == len(ids)
     assert not any(i.startswith(("stdlib-docs:test.", "stdlib-source:test.")) for i in ids)
-
-
-def test_tokenize_default_corpus_caches_and_reuses(fake_stdlib, tmp_path):
-    summary = tokenize_default_corpus(tmp_path / "cache", processes=1, root=fake_stdlib)
-    assert not summary.already_complete
-    tokenizer = resolve_tokenizer("builtin:tiny-bpe-4096")
-    expected = {d.id: tokenizer.encode(d.text) for d in default_corpus_documents(fake_stdlib)}
-    got = {doc_id: ids for doc_id, ids, _ in read_docs(summary.output)}
-    assert list(got) == list(expected)
-    for doc_id, ids in got.items():
-        np.testing.assert_array_equal(ids, expected[doc_id])
-    again = tokenize_default_corpus(tmp_path / "cache", processes=1, root=fake_stdlib)
-    assert again.already_complete and again.manifest == summary.manifest
