@@ -21,7 +21,16 @@ if TYPE_CHECKING:
     from rich.console import RenderableType
     from rich.live import Live
 
-    from olmo_cli.train.events import Event, RunStarted, StepDone
+    from olmo_cli.train.events import (
+        CheckpointSaved,
+        DataProgress,
+        EvalDone,
+        Event,
+        Message,
+        RunFinished,
+        RunStarted,
+        StepDone,
+    )
 
 __all__ = ["TrainDisplay", "format_duration", "sparkline"]
 
@@ -91,19 +100,33 @@ class TrainDisplay:
             sys.stdout.write(json.dumps(event.as_dict(), default=str) + "\n")
             sys.stdout.flush()
             return
-        handler = getattr(self, f"_on_{event.kind}", None)
-        if handler is not None:
-            handler(event)
+        from olmo_cli.train import events as ev
+
+        match event:
+            case ev.Message():
+                self._on_message(event)
+            case ev.DataProgress():
+                self._on_data_progress(event)
+            case ev.RunStarted():
+                self._on_run_started(event)
+            case ev.StepDone():
+                self._on_step(event)
+            case ev.CheckpointSaved():
+                self._on_checkpoint(event)
+            case ev.EvalDone():
+                self._on_eval(event)
+            case ev.RunFinished():
+                self._on_run_finished(event)
 
     # ---- events ---------------------------------------------------------------------------------
 
-    def _on_message(self, event: Any) -> None:
+    def _on_message(self, event: Message) -> None:
         if event.level == "warning":
             ui.warn(event.text)
         else:
             ui.err_console.print(event.text, markup=False, soft_wrap=True)
 
-    def _on_data_progress(self, event: Any) -> None:
+    def _on_data_progress(self, event: DataProgress) -> None:
         if self.mode != "live":
             return
         if self._progress is None:
@@ -154,13 +177,13 @@ class TrainDisplay:
                 f"step {event.step}/{event.stop_step} · {_step_fields(event)} · ETA {eta}", markup=False
             )
 
-    def _on_checkpoint(self, event: Any) -> None:
+    def _on_checkpoint(self, event: CheckpointSaved) -> None:
         kind = "sharded" if event.sharded else "unsharded"
         ui.console.print(
             f"step {event.step}: saved {kind} checkpoint {event.path} ({event.seconds:.1f}s)", markup=False
         )
 
-    def _on_eval(self, event: Any) -> None:
+    def _on_eval(self, event: EvalDone) -> None:
         shown = ", ".join(
             f"{name.removeprefix('eval/')} {value:.4g}"
             for name, value in event.metrics.items()
@@ -168,7 +191,7 @@ class TrainDisplay:
         )
         ui.console.print(f"step {event.step}: eval {shown} ({event.seconds:.1f}s)", markup=False)
 
-    def _on_run_finished(self, event: Any) -> None:
+    def _on_run_finished(self, event: RunFinished) -> None:
         self._stop()
         how = {
             "finished": "finished",
