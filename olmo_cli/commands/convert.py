@@ -17,7 +17,7 @@ class ExportDtype(str, Enum):
     float16 = "float16"
 
 
-def convert_hf(
+def convert_hf_command(
     checkpoint: Annotated[
         Path,
         typer.Argument(

@@ -41,7 +41,7 @@ def _complete_target(incomplete: str) -> list[str]:
 
 
 @app.callback()
-def finetune(
+def finetune_command(
     ctx: typer.Context,
     checkpoint: Annotated[
         Path | None,
@@ -236,7 +236,7 @@ def _has_label_masks(cfg: TrainConfig) -> bool:
 
 
 @app.command("merge")
-def merge(
+def merge_command(
     adapter: Annotated[
         Path,
         typer.Argument(

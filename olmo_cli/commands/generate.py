@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from olmo_cli.model.olmo import OLMo
 
 
-def generate(
+def generate_command(
     checkpoint: Annotated[
         Path,
         typer.Argument(
@@ -108,9 +108,9 @@ def generate(
 
     from olmo_cli import ui
     from olmo_cli.errors import UsageError
-    from olmo_cli.model.generate import GenerationSettings, check_cache_fits
     from olmo_cli.load.build import load_model, load_tokenizer
     from olmo_cli.load.read import read_checkpoint
+    from olmo_cli.model.generate import GenerationSettings, check_cache_fits
 
     try:  # checked before the (slow) model load
         settings = GenerationSettings(max_new_tokens, temperature, top_k, top_p, seed)

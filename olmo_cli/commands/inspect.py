@@ -21,7 +21,7 @@ class Format(str, Enum):
     json = "json"
 
 
-def inspect_batch(
+def inspect_batch_command(
     batches: Annotated[
         str,
         typer.Argument(

@@ -21,7 +21,7 @@ GpusOption = Annotated[
 
 
 @app.command("list")
-def list_presets(json_output: JsonOption = False) -> None:
+def list_command(json_output: JsonOption = False) -> None:
     """List the presets with their size and training budget.
 
     Example: olmo presets list --json
@@ -62,7 +62,7 @@ def list_presets(json_output: JsonOption = False) -> None:
 
 
 @app.command("show")
-def show_preset(
+def show_command(
     name: Annotated[
         str | None,
         typer.Argument(help="Preset name.", autocompletion=complete_preset, show_default=False),

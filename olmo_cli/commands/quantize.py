@@ -30,7 +30,7 @@ class GgufType(str, Enum):
 DEFAULT_GROUP_SIZE = 128
 
 
-def quantize(
+def quantize_command(
     checkpoint: Annotated[
         Path,
         typer.Argument(
@@ -223,9 +223,9 @@ def _compare(
 ) -> dict[str, Any]:
     """Measures the source model, frees it, then measures the quantized one as `load_model` gives it."""
     from olmo_cli import ui
+    from olmo_cli.eval.quantized import common_prefix, measure
     from olmo_cli.load.build import load_model
     from olmo_cli.load.read import read_checkpoint
-    from olmo_cli.eval.quantized import common_prefix, measure
 
     seed = found.config.seed
     with ui.progress("measuring before and after", 2, enabled=not as_json) as update:
@@ -291,9 +291,9 @@ def _show(summary: dict[str, Any], as_json: bool) -> None:
 
 def _gguf(checkpoint: Path, output: Path, file_type: str, overwrite: bool, as_json: bool) -> None:
     from olmo_cli import ui
+    from olmo_cli.eval.quantized import weights_bytes
     from olmo_cli.load.build import load_tokenizer
     from olmo_cli.quant.gguf_export import write_gguf
-    from olmo_cli.eval.quantized import weights_bytes
 
     found = _read_full_precision(checkpoint)
     tokenizer = load_tokenizer(found)  # a GGUF file without its vocabulary runs nowhere

@@ -89,7 +89,7 @@ def relaunch_if_asked(nproc_per_node: int, run_dir: Path) -> None:
     raise typer.Exit(outcome.exit_code)
 
 
-def train(
+def train_command(
     preset: PresetOption = None,
     config: ConfigOption = None,
     overrides: SetOption = None,
@@ -175,7 +175,7 @@ def train(
     run_training(loaded.config, options, json_output)
 
 
-def resume(
+def resume_command(
     run_dir: Annotated[
         Path | None,
         typer.Argument(

@@ -14,7 +14,11 @@ import torch
 
 __all__ = [
     "clean_param_name",
-    "normalize_upstream_keys", "strip_fsdp_prefixes", "split_legacy_norms", "ungroup_blocks"]
+    "normalize_upstream_keys",
+    "strip_fsdp_prefixes",
+    "split_legacy_norms",
+    "ungroup_blocks",
+]
 
 _FSDP_PART = "_fsdp_wrapped_module."
 # Prefixes that wrappers insert into parameter names: FSDP1 (upstream's checkpoints carry it), activation

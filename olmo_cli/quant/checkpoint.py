@@ -30,7 +30,6 @@ from olmo_cli.quant.settings import METADATA_KEY, SETTINGS_FILE, WEIGHTS_FILE, Q
 __all__ = ["QuantizedFiles", "read_quantized_files", "write_quantized"]
 
 
-
 def write_quantized(
     output: Path | str,
     *,

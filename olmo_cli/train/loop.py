@@ -23,18 +23,18 @@ from torch import nn
 from olmo_cli.config.precision import autocast_dtype
 from olmo_cli.config.schema import TrainConfig
 from olmo_cli.errors import DataError
+from olmo_cli.model.loss import check_finite, cross_entropy_loss
 from olmo_cli.train.callbacks.base import CallbackList
-from olmo_cli.world import World, all_reduce_sum
 from olmo_cli.train.duration import scheduler_position
 from olmo_cli.train.events import EventSink, Message
 from olmo_cli.train.loader import BatchLoader, DeviceBatch
-from olmo_cli.model.loss import check_finite, cross_entropy_loss
 from olmo_cli.train.optim import clip_and_step
 from olmo_cli.train.parallelize import microbatch_sync
 from olmo_cli.train.schedule import BoltOnWarmup, grad_clip_threshold_at, lr_at
 from olmo_cli.train.signals import StopRequest
 from olmo_cli.train.speed import SpeedMonitor
 from olmo_cli.train.state import TrainerState
+from olmo_cli.world import World, all_reduce_sum
 
 __all__ = ["Schedule", "StopReason", "Trainer"]
 

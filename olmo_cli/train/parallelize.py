@@ -23,9 +23,9 @@ from olmo_cli.config.schema import CompilerConfig, FSDPConfig, TrainConfig
 from olmo_cli.errors import CheckpointError, ConfigError
 from olmo_cli.model.init import init_rule, init_tensor
 from olmo_cli.model.olmo import OLMo
+from olmo_cli.model.state_dict import clean_param_name
 from olmo_cli.train.clip import is_dtensor
 from olmo_cli.world import World, broadcast_object
-from olmo_cli.model.state_dict import clean_param_name
 
 __all__ = [
     "apply_activation_checkpointing",
@@ -38,6 +38,7 @@ __all__ = [
     "mixed_precision_policy",
     "parallelize_model",
 ]
+
 
 def _blocks(model: nn.Module) -> nn.ModuleList:
     return model.transformer["blocks"]  # type: ignore[index,return-value]

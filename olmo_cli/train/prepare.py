@@ -22,8 +22,8 @@ from olmo_cli.data.paths import expand_data_paths, is_url
 from olmo_cli.data.summary import check_vocab
 from olmo_cli.dirlock import DirectoryLock, lock_run_dir
 from olmo_cli.errors import ConfigError, DataError, OlmoError
-from olmo_cli.world import World, broadcast_object
 from olmo_cli.train.events import DataProgress, EventSink, Message
+from olmo_cli.world import World, broadcast_object
 
 __all__ = [
     "DEFAULT_CORPUS_LABEL",

@@ -30,7 +30,6 @@ from olmo_cli.train.callbacks.checkpointer import Checkpointer, checked_lists
 from olmo_cli.train.callbacks.evaluator import EvalSet, Evaluator
 from olmo_cli.train.callbacks.feed import EventFeed
 from olmo_cli.train.callbacks.metrics_file import METRICS_FILE, MetricsFile
-from olmo_cli.world import World, close_world, init_world
 from olmo_cli.train.events import Event, EventSink, Message, RunFinished, RunStarted
 from olmo_cli.train.fits import check_model_fits
 from olmo_cli.train.loader import BatchLoader, given_order_copy
@@ -54,6 +53,7 @@ from olmo_cli.train.schedule import BoltOnWarmup
 from olmo_cli.train.signals import stop_on_signals
 from olmo_cli.train.speed import SpeedMonitor, run_peak_flops
 from olmo_cli.train.state import TrainerState, restore_rng
+from olmo_cli.world import World, close_world, init_world
 
 __all__ = ["RunOptions", "RunResult", "run"]
 

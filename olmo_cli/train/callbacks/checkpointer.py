@@ -35,8 +35,8 @@ from olmo_cli.checkpoint.layout import (
 )
 from olmo_cli.errors import CheckpointError
 from olmo_cli.train.callbacks.base import Callback
-from olmo_cli.world import barrier, broadcast_object
 from olmo_cli.train.events import CheckpointSaved, EventSink
+from olmo_cli.world import barrier, broadcast_object
 
 if TYPE_CHECKING:
     from olmo_cli.train.loop import StopReason, Trainer
@@ -270,7 +270,9 @@ def is_checkpoint_of(run_dir: Path, name: str) -> bool:
     path = run_dir / name
     if path.is_symlink() or not path.is_dir():
         return False
-    return any((path / part).exists() for part in (CONFIG_FILE, "train.pt", SHARDED_MODEL_DIR, SHARDED_TRAIN_DIR))
+    return any(
+        (path / part).exists() for part in (CONFIG_FILE, "train.pt", SHARDED_MODEL_DIR, SHARDED_TRAIN_DIR)
+    )
 
 
 def point_link(link: Path, target_name: str) -> None:
