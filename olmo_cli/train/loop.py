@@ -103,16 +103,20 @@ class Trainer:
     def fit(self) -> StopReason:
         """Trains until the stop step, the end of the data, or a stop request; returns why it stopped."""
         self.started_at = time.perf_counter()
-        self.callbacks.on_start(self)
-        gc_interval = self.cfg.gen1_gc_interval
-        if gc_interval:
-            gc.disable()  # upstream collects generation 1 on a schedule instead of whenever Python likes
         try:
-            reason = self._loop(gc_interval)
-        finally:
+            self.callbacks.on_start(self)
+            gc_interval = self.cfg.gen1_gc_interval
             if gc_interval:
-                gc.enable()
-        self.callbacks.on_end(self, reason)
+                gc.disable()  # upstream collects generation 1 on a schedule instead of whenever Python likes
+            try:
+                reason = self._loop(gc_interval)
+            finally:
+                if gc_interval:
+                    gc.enable()
+            self.callbacks.on_end(self, reason)
+        except Exception as error:
+            self.callbacks.on_error(self, error)
+            raise
         return reason
 
     def _loop(self, gc_interval: int | None) -> StopReason:

@@ -17,7 +17,9 @@ class Callback:
     `on_start(trainer)` once, after a checkpoint (if any) has been restored;
     `on_step(trainer, metrics)` after the optimizer step: may save, evaluate, and add to `metrics`;
     `on_log(trainer, metrics)` once the step's metrics are complete (sinks write them here);
-    `on_end(trainer, reason)` once, after the last step (the final checkpoint is written here).
+    `on_end(trainer, reason)` once, after the last step (the final checkpoint is written here);
+    `on_error(trainer, error)` instead of `on_end` when the run fails with an exception (not when a
+    signal stops it: that is a normal end, reason "interrupted"); the error propagates afterwards.
     `state_dict()` / `load_state_dict()` round-trip through `train.pt` under the callback's `name`.
     """
 
@@ -33,6 +35,9 @@ class Callback:
         pass
 
     def on_end(self, trainer: Trainer, reason: StopReason) -> None:
+        pass
+
+    def on_error(self, trainer: Trainer, error: Exception) -> None:
         pass
 
     def state_dict(self) -> dict[str, Any]:
@@ -73,6 +78,15 @@ class CallbackList:
     def on_end(self, trainer: Trainer, reason: StopReason) -> None:
         for callback in self.callbacks:
             callback.on_end(trainer, reason)
+
+    def on_error(self, trainer: Trainer, error: Exception) -> None:
+        """Every callback hears of the failure; one whose own clean-up fails does not stop the others
+        or hide the error the run failed with."""
+        for callback in self.callbacks:
+            try:
+                callback.on_error(trainer, error)
+            except Exception:  # noqa: BLE001, S112 - the run's own error is the one to report
+                continue
 
     def state_dict(self) -> dict[str, dict[str, Any]]:
         return {c.name: c.state_dict() for c in self.callbacks}

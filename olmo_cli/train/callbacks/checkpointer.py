@@ -31,11 +31,12 @@ from olmo_cli.checkpoint.layout import (
     SHARDED_TRAIN_DIR,
     UNSHARDED_SUFFIX,
     checkpoint_dir_name,
+    find_latest_checkpoint,
     parse_step,
 )
 from olmo_cli.errors import CheckpointError
 from olmo_cli.train.callbacks.base import Callback
-from olmo_cli.train.events import CheckpointSaved, EventSink
+from olmo_cli.train.events import CheckpointSaved, EventSink, Message
 from olmo_cli.world import barrier, broadcast_object
 
 if TYPE_CHECKING:
@@ -106,6 +107,22 @@ class Checkpointer(Callback):
         kind = next((k for k in preferred if allowed[k]), None)
         if kind is not None and not self._saved_at(trainer.state.global_step):
             self.save(trainer, kind)  # type: ignore[arg-type]
+
+    def on_error(self, trainer: Trainer, error: Exception) -> None:
+        """A failed run (disk full, a damaged batch, NaN loss): remove what a save cut short left, and
+        say which complete checkpoint a resume would continue from."""
+        if not trainer.world.is_main:
+            return
+        remove_leftovers(self.run_dir)
+        newest = find_latest_checkpoint(self.run_dir)
+        if newest is not None:
+            self.events(
+                Message(
+                    f"the run failed at step {trainer.state.global_step}; its newest checkpoint is "
+                    f"{newest} (`olmo resume {self.run_dir}` continues from it)",
+                    level="warning",
+                )
+            )
 
     def state_dict(self) -> dict[str, Any]:
         return {key: list(self.saved[kind]) for kind, key in _LIST_KEYS.items()}

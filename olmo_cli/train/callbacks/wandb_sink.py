@@ -96,6 +96,12 @@ class WandbSink(Callback):
             self._run.finish()
             self._run = None
 
+    def on_error(self, trainer: Trainer, error: Exception) -> None:
+        """The wandb run is marked failed (exit code 1), not left running or reported as finished."""
+        if self._run is not None:
+            self._run.finish(exit_code=1)
+            self._run = None
+
     def state_dict(self) -> dict[str, Any]:
         return {"run_id": self.run_id} if self.run_id else {}
 
