@@ -26,6 +26,7 @@ from torch import nn
 from olmo_cli.checkpoint.layout import CONFIG_FILE, find_latest_checkpoint, hint_previous_checkpoint
 from olmo_cli.config.schema import TrainConfig
 from olmo_cli.errors import CheckpointError
+from olmo_cli.model.lora import adapters_detached
 from olmo_cli.train.state import TrainerState
 from olmo_cli.world import World
 
@@ -132,7 +133,7 @@ def restore_checkpoint(
     saved: dict[str, Any] | None = None
     base_only = cfg.lora is not None and not own
     try:
-        with _adapters_hidden(model) if base_only else contextlib.nullcontext():
+        with adapters_detached(model) if base_only else contextlib.nullcontext():
             if located.kind == "sharded":
                 from olmo_cli.checkpoint.sharded import read_sharded
 
@@ -153,12 +154,6 @@ def restore_checkpoint(
         if isinstance(callbacks, dict):
             restored.callbacks = callbacks
     return restored
-
-
-def _adapters_hidden(model: nn.Module) -> contextlib.AbstractContextManager[None]:
-    from olmo_cli.model.lora import adapters_detached
-
-    return adapters_detached(model)
 
 
 def _load_full(
