@@ -88,12 +88,18 @@ def warn_ignored(ignored: list[Any]) -> None:
 
 @contextmanager
 def progress(
-    description: str, total: float | None, *, rates: dict[str, str] | None = None, enabled: bool = True
+    description: str,
+    total: float | None,
+    *,
+    rates: dict[str, str] | None = None,
+    enabled: bool = True,
+    from_zero: bool = False,
 ) -> Iterator[Callable[..., None]]:
     """A progress bar on stderr with an ETA; yields `update(completed, total=None, **counts)`.
 
     `rates` maps a count's name to the unit shown for its rate since the start (e.g. {"documents":
-    "docs"} -> "1.2K docs/s"); counts already done when the bar starts (a resumed run) are left out.
+    "docs"} -> "1.2K docs/s"); counts already done when the bar starts (a resumed run) are left out,
+    unless `from_zero` (every count starts at 0: the first update already holds the first chunk's work).
     """
     from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
@@ -112,7 +118,7 @@ def progress(
         if not bar.live.is_started:
             bar.start()
         for name, value in counts.items():
-            start.setdefault(name, value)
+            start.setdefault(name, 0 if from_zero else value)
         fields = {**{f"{k}_start": v for k, v in start.items()}, **counts}
         bar.update(task, completed=completed, total=total, **fields)  # total None: unchanged
 

@@ -283,20 +283,13 @@ def inspect_command(
         cfg = load_config(preset=preset, config_file=config, overrides=overrides or []).config
         length, vocab = cfg.model.max_sequence_length, cfg.model.vocab_size
         cfg_dtype, cfg_eos = cfg.data.memmap_dtype, cfg.model.eos_token_id
-    with ui.progress("scanning", None, rates={"tokens": "tok"}, enabled=not json_output) as update:
-
-        def on_progress(done: int, total: int) -> None:
-            if not started:  # the rate counts from zero, not from the first chunk read
-                started.append(True)
-                update(0, total=total, tokens=0)
-            update(done, total=total, tokens=done)
-
-        started: list[bool] = []
+    bar = ui.progress("scanning", None, rates={"tokens": "tok"}, enabled=not json_output, from_zero=True)
+    with bar as update:
         summary = inspect_token_data(
             paths,
             seq_len or length,
             vocab_size or vocab,
-            on_progress,
+            lambda done, total: update(done, total=total, tokens=done),
             dtype=None if dtype is Dtype.auto else dtype.value,
             default_dtype=cfg_dtype,
             eos_token_id=eos_token_id,
@@ -319,16 +312,9 @@ def _verify(paths: list[str], json_output: bool) -> Any:  # a Verification
     from olmo_cli.data.verify import verify_token_dirs
     from olmo_cli.errors import DataError
 
-    with ui.progress("verifying", None, rates={"bytes": "B"}, enabled=not json_output) as update:
-
-        def on_progress(done: int, total: int) -> None:
-            if not started:  # the rate counts from zero, not from the first block read
-                started.append(True)
-                update(0, total=total, bytes=0)
-            update(done, total=total, bytes=done)
-
-        started: list[bool] = []
-        verification = verify_token_dirs(paths, on_progress)
+    bar = ui.progress("verifying", None, rates={"bytes": "B"}, enabled=not json_output, from_zero=True)
+    with bar as update:
+        verification = verify_token_dirs(paths, lambda done, total: update(done, total=total, bytes=done))
     if verification.without_checksum:
         n = len(verification.without_checksum)
         ui.warn(f"{n} listed file(s) have no sha256 in their manifest (an older olmo): sizes checked only")
