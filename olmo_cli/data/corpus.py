@@ -14,20 +14,12 @@ ship separately or not at all (tests, tkinter, idlelib, distutils, lib2to3, ...)
 from __future__ import annotations
 
 import ast
-import json
 import platform
 import sysconfig
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from olmo_cli.atomic import atomic_open
-
-if TYPE_CHECKING:
-    pass
-
-DEFAULT_TOKENIZER = "builtin:tiny-bpe-4096"
 _LEFT_OUT = {
     "site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__", "tkinter", "idlelib",
     "turtledemo", "distutils", "lib2to3", "ensurepip", "pydoc_data",
@@ -125,18 +117,3 @@ def _heading(node: ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef, prefix
         return f"class {prefix}{node.name}" + (f"({bases})" if bases else "")
     keyword = "async def" if isinstance(node, ast.AsyncFunctionDef) else "def"
     return f"{keyword} {prefix}{node.name}({ast.unparse(node.args)})"
-
-
-def write_default_corpus(path: Path | str, root: Path | None = None) -> tuple[int, int]:
-    """Write the default corpus as JSON Lines (`{"id", "text"}` per line), atomically.
-
-    Returns (documents, bytes written).
-    """
-    documents = written = 0
-    with atomic_open(path) as f:
-        for doc in default_corpus_documents(root):
-            line = (json.dumps({"id": doc.id, "text": doc.text}, ensure_ascii=False) + "\n").encode("utf-8")
-            f.write(line)
-            documents += 1
-            written += len(line)
-    return documents, written

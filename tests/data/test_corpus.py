@@ -1,14 +1,13 @@
 """The default corpus: read (never imported) from the standard library, in a fixed order, big enough for
-the tiny model, and tokenized into a reusable cache by the same pipeline as `olmo data tokenize`."""
+the tiny model (its split and token cache are tested in test_default_corpus.py)."""
 
 from __future__ import annotations
 
-import json
 import textwrap
 
 import pytest
 
-from olmo_cli.data.corpus import default_corpus_documents, write_default_corpus
+from olmo_cli.data.corpus import default_corpus_documents
 
 
 @pytest.fixture
@@ -67,22 +66,13 @@ def test_documents_in_fixed_order_without_left_out_parts(fake_stdlib):
     assert by_id["stdlib-source:zeta"] == (fake_stdlib / "zeta.py").read_text()
 
 
-def test_write_default_corpus_is_jsonl_and_repeatable(fake_stdlib, tmp_path):
-    first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
-    count, size = write_default_corpus(first, fake_stdlib)
-    write_default_corpus(second, fake_stdlib)
-    assert first.read_bytes() == second.read_bytes()
-    lines = first.read_text().splitlines()
-    assert count == len(lines) == 9 and size == first.stat().st_size
-    assert all(set(json.loads(line)) == {"id", "text"} for line in lines)
-
-
-def test_real_standard_library_gives_megabytes_of_text(tmp_path):
-    count, size = write_default_corpus(tmp_path / "corpus.jsonl")
+def test_real_standard_library_gives_megabytes_of_text():
+    docs = list(default_corpus_documents())
+    size = sum(len(d.text.encode("utf-8")) for d in docs)
     # The tiny preset trains 300 steps of 32 x 256 tokens (2.5M); at ~3.5 bytes per token that needs
     # about 9 MB to see little repetition.
     assert size > 8_000_000, size
-    assert count > 500
-    ids = [json.loads(line)["id"] for line in (tmp_path / "corpus.jsonl").open()]
+    assert len(docs) > 500
+    ids = [d.id for d in docs]
     assert len(set(ids)) == len(ids)
     assert not any(i.startswith(("stdlib-docs:test.", "stdlib-source:test.")) for i in ids)
