@@ -48,7 +48,6 @@ __all__ = [
 GGUF_TYPES = ("f32", "f16", "q8_0", "q4_0")
 ARCH = "olmo"
 BLOCK = 32  # values per q8_0 / q4_0 block
-_UNUSED_TOKEN = "[PAD{}]"
 
 
 @dataclass
