@@ -1,4 +1,4 @@
-"""Global-norm gradient clipping as upstream OLMo does it (olmo-format.md §7.4), for plain and FSDP2
+"""Global-norm gradient clipping as upstream OLMo does it (docs/format.md §6.5), for plain and FSDP2
 (DTensor) gradients alike.
 
 The norm is accumulated in fp32 from per-tensor norms. A DTensor gradient contributes the squared norm of

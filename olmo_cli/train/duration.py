@@ -1,4 +1,4 @@
-"""How long a run is and where its schedule stands (olmo-format.md §7.3 "Run maximum", §7.6).
+"""How long a run is and where its schedule stands (docs/format.md §6.4, §6.6).
 
 All functions take the trainer's counters as they are when asked: `global_step` (optimizer steps done)
 and `tokens_seen` (global tokens trained on). A token budget is turned into steps from the counters, so a

@@ -1,4 +1,4 @@
-"""What the training engine tells the outside world, as plain dataclasses (ARCHITECTURE rule 13).
+"""What the training engine tells the outside world, as plain dataclasses (docs/architecture.md rule 13).
 
 `run()` hands each event to one callable; the CLI renders them (a live display, plain lines or JSON),
 tests collect them in a list. Only the main rank emits events, so a renderer never sees duplicates.

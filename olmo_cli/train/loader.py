@@ -1,6 +1,6 @@
 """This rank's share of each global batch, read from the dataset in the epoch's data order.
 
-Upstream's rule (olmo-format.md §5.3): optimizer step t of an epoch trains on the order's positions
+Upstream's rule (docs/format.md §5.3): optimizer step t of an epoch trains on the order's positions
 `[examples_seen, examples_seen + B)` where `examples_seen` counts the instances of the epoch already
 trained on; rank r of W takes the positions r, r+W, r+2W, ... of that range. So the loader keeps no
 position of its own: the trainer's counters say what comes next, which is what makes resuming exact.

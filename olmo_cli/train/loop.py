@@ -1,6 +1,6 @@
-"""The training loop: optimizer steps and nothing else (ARCHITECTURE rule 13).
+"""The training loop: optimizer steps and nothing else (docs/architecture.md rule 13).
 
-Each step follows upstream's order (olmo-format.md §7.6): counters first (so the schedule sees position
+Each step follows upstream's order (docs/format.md §6.6): counters first (so the schedule sees position
 t on step t), zero the gradients, forward/backward every micro-batch under autocast, average the loss
 over ranks, clip with last step's threshold, set this step's LR, step the optimizer. Then the callbacks
 run: checkpoints, evaluation, metric sinks. The loop stops at the stop step, when the data of the last

@@ -1,4 +1,4 @@
-"""AdamW with upstream OLMo's parameter groups (olmo-format.md §7.1, §7.2).
+"""AdamW with upstream OLMo's parameter groups (docs/format.md §6.1, §6.2).
 
 Weight decay is decided per (module, direct parameter) from the module's type and the parameter's name,
 so the same tensor lands in the same group however the model is wrapped. Each group carries upstream's
@@ -100,7 +100,7 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, *, sharded: bool | None 
 
 
 def clip_and_step(optim: torch.optim.Optimizer, *, lr: float, max_grad_norm: float | None) -> torch.Tensor:
-    """One optimizer step in upstream's order (olmo-format.md §7.4, §7.6); returns the pre-clip norm.
+    """One optimizer step in upstream's order (docs/format.md §6.5, §6.6); returns the pre-clip norm.
 
     1. clip every group with the `max_grad_norm` its group already holds, against the global norm;
     2. store this step's `lr` and `max_grad_norm` (from the schedules at the current position);

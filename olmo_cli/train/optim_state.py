@@ -1,4 +1,4 @@
-"""AdamW state in upstream OLMo's unsharded form, and back (olmo-format.md §4.3, §4.7).
+"""AdamW state in upstream OLMo's unsharded form, and back (docs/format.md §4.3, §4.7).
 
 Upstream form: `{"state": {fqn: {"step": 0-dim fp32, "exp_avg", "exp_avg_sq"}}, "param_groups": [{torch's
 AdamW hyper-parameters, "params": [fqn, ...], "param_names", "sharded", "max_grad_norm",

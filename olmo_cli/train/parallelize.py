@@ -98,7 +98,7 @@ def apply_compile(model: nn.Module, cfg: CompilerConfig | None) -> None:
 
 
 def mixed_precision_policy(cfg: TrainConfig) -> Any:
-    """FSDP2's policy for `cfg.precision` and `cfg.fsdp.precision` (§8); None for plain fp32.
+    """FSDP2's policy for `cfg.precision` and `cfg.fsdp.precision` (docs/format.md §8); None for plain fp32.
 
     `mixed`: parameters gathered in the autocast dtype, gradients reduced in fp32; `pure`: both in the
     autocast dtype. The sharded (master) parameters stay fp32 either way. Inputs are not cast: the RoPE

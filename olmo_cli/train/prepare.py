@@ -1,9 +1,9 @@
 """Before training: decide the data, check it, and claim the run directory.
 
-The data a run trains on is written into its config (rule 3): `--data` items and the default corpus's
-token directories become `data.paths` (absolute), and the default corpus's validation split becomes an
-evaluator, so `config.yaml` in the run directory says exactly what was read and `olmo resume` or
-`olmo inspect-batch --run` read the same.
+The data a run trains on is written into its config (docs/architecture.md rule 3): `--data` items and
+the default corpus's token directories become `data.paths` (absolute), and the default corpus's
+validation split becomes an evaluator, so `config.yaml` in the run directory says exactly what was read
+and `olmo resume` or `olmo inspect-batch --run` read the same.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Loading a checkpoint into a freshly built model and optimizer (olmo-format.md §4.7).
+"""Loading a checkpoint into a freshly built model and optimizer (docs/format.md §4.7).
 
 `load_path` (or, with `try_load_latest_save`, the newest checkpoint in `save_folder`) names a
 `step{N}-unsharded/` directory in upstream's layout (ours, or an official one), a sharded `step{N}/`

@@ -1,5 +1,5 @@
 """`run(cfg, events=...)`: the one entry point of training, shared by `olmo train`, `olmo resume` and
-`olmo finetune` (ARCHITECTURE rule 11).
+`olmo finetune` (docs/architecture.md rule 11).
 
 The sequence, in the order `run` performs it:
     world -> data (settled into the config) -> run directory + config.yaml -> dataset -> model on meta

@@ -1,6 +1,6 @@
 """Learning-rate and gradient-clip schedules as pure functions of the scheduler position.
 
-The formulas are upstream OLMo's (olmo-format.md §7.3, §7.4, §4.7). A position is `global_step` for
+The formulas are upstream OLMo's (docs/format.md §6.3, §6.5, §4.7). A position is `global_step` for
 `units: steps` and `global_train_tokens_seen` for `units: tokens`; both count the batch about to be
 trained, so the first optimizer step sees position 1 (or B·L tokens). `max_position` is the run's maximum
 in the same units (see `olmo_cli.train.duration`); `t_max`, when set, replaces it as the decay horizon.
@@ -107,7 +107,7 @@ def grad_clip_threshold_at(position: int, cfg: SchedulerConfig, max_grad_norm: f
     """The clip threshold for `position`: `grad_clip_warmup_factor · max_grad_norm` while the position is
     at most `grad_clip_warmup_steps` (in the scheduler's units), else `max_grad_norm`.
 
-    The trainer stores this value for use on the *next* step (olmo-format.md §7.4); see
+    The trainer stores this value for use on the *next* step (docs/format.md §6.5); see
     `olmo_cli.train.optim.clip_and_step`.
     """
     if max_grad_norm is None:
@@ -120,7 +120,7 @@ def grad_clip_threshold_at(position: int, cfg: SchedulerConfig, max_grad_norm: f
 
 @dataclass(frozen=True)
 class BoltOnWarmup:
-    """A fresh warmup laid over the schedule after `reset_optimizer_state` (olmo-format.md §4.7).
+    """A fresh warmup laid over the schedule after `reset_optimizer_state` (docs/format.md §4.7).
 
     LR is 0 before `start`, ramps linearly from 0 at `start` to the inner schedule's value at `end`, then
     follows the inner schedule. Upstream places it at `[global_step, global_step + t_warmup)` measured in

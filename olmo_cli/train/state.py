@@ -1,4 +1,4 @@
-"""The trainer's counters and RNG state, as upstream's `train.pt` holds them (olmo-format.md §4.4), and
+"""The trainer's counters and RNG state, as upstream's `train.pt` holds them (docs/format.md §4.4), and
 the rules for restoring them (§4.7).
 
 `train.pt` keys: `epoch`, `global_step`, `global_train_examples_seen_this_epoch`,

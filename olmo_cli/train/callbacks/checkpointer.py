@@ -1,6 +1,6 @@
 """Checkpoints during training: when to save, which kind, what to keep, and the `latest` pointers.
 
-Kinds and cadence follow upstream (olmo-format.md §4.1):
+Kinds and cadence follow upstream (docs/format.md §4.1):
 - regular, every `save_interval` steps, keeping the newest `save_num_checkpoints_to_keep`: sharded
   (`step{N}/`, torch.distributed.checkpoint) when several processes train, and unsharded
   (`step{N}-unsharded/`) for one process, where sharding would only add files;

@@ -1,4 +1,4 @@
-"""In-loop evaluation every `eval_interval` steps and after the last step: perplexity (olmo-format.md §9.1,
+"""In-loop evaluation every `eval_interval` steps and after the last step: perplexity (docs/format.md §9.1,
 `eval/{label}/CrossEntropyLoss` and `eval/{label}/Perplexity`) and downstream tasks (§9.2,
 `eval/downstream/{label}_{metric}`, see olmo_cli/eval/in_loop.py) join that step's metrics."""
 
