@@ -1,4 +1,4 @@
-"""Atomic file writes (ARCHITECTURE.md rule 5): write to a temporary sibling, flush and fsync, rename.
+"""Atomic file writes (docs/architecture.md rule 5): write to a temporary sibling, flush and fsync, rename.
 
 A reader, or a re-run after a crash, sees either the old file or the whole new one, never a prefix.
 """

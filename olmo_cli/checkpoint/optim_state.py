@@ -1,6 +1,6 @@
 """An AdamW state dict as read from a checkpoint, in one canonical form.
 
-Upstream writes two forms (reference section 4.3): `state` keyed by parameter FQN (FSDP full optimizer
+Upstream writes two forms (docs/format.md §4.3): `state` keyed by parameter FQN (FSDP full optimizer
 state dict, the usual one) or by integer id (plain torch), where `param_groups[g]["param_names"]` zipped
 with `param_groups[g]["params"]` names the ids. Either may carry FSDP wrapper parts or older key layouts
 in the names. We return the FQN form with our parameter names: `state[name]` and every group's `params`

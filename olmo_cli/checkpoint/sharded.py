@@ -1,4 +1,4 @@
-"""Sharded checkpoints through torch.distributed.checkpoint (DCP), in upstream's `torch_new` layout (§4.6):
+"""Sharded checkpoints through torch.distributed.checkpoint (DCP), in the layout of docs/format.md §4.6:
 
     step{N}/model_and_optim/     DCP files (`.metadata` + one `.distcp` per rank): model and AdamW moments
     step{N}/optim_groups.json    the optimizer's param-group hyper-parameters (plain data)

@@ -1,6 +1,6 @@
 """Upstream's unsharded checkpoint directory (`step{N}-unsharded/`), written and read.
 
-Contents (reference section 4.2): `config.yaml`; `model.safetensors` or `model.pt`; `optim.safetensors`
+Contents (docs/format.md §4.2): `config.yaml`; `model.safetensors` or `model.pt`; `optim.safetensors`
 or `optim.pt`; `train.pt` (`other.pt` in very old checkpoints). The loader prefers `X.safetensors` over
 `X.pt`. The `.safetensors` files use upstream's key encoding (`olmo_safetensors`); every pickle is read
 with the restricted loaders of `safe_pickle`.

@@ -1,6 +1,6 @@
 """The instances of a global training batch: config + data + data order -> what step `n + 1` trains on.
 
-This is upstream's inspection recipe (reference 5.3): batch `n` (0-based) is
+This is upstream's inspection recipe (docs/format.md §5.5): batch `n` (0-based) is
 `order[n*B:(n+1)*B]`, each index read from the dataset the config describes; rank `r` of `W` gets the
 batch positions `r, r+W, ...`. Only what is asked for is read: `B` order entries and the chosen
 instances. Counting instances needs every file's size (a stat or HEAD each), and the order of a large

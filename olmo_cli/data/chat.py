@@ -1,7 +1,7 @@
 """The OLMo/Tulu chat format, in one place: `olmo data tokenize --chat` renders training examples with it
 and `olmo generate --chat` renders prompts with it.
 
-A conversation becomes (upstream's scripts/prepare_tulu_data.py, reference section 5.5):
+A conversation becomes (upstream's scripts/prepare_tulu_data.py, docs/format.md §3.4):
 
     [EOS] <|user|>\\n {user text}\\n <|assistant|>\\n {assistant text}{EOS text}\\n ...
 

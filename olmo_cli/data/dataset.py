@@ -1,4 +1,4 @@
-"""Token files as fixed-length training instances, cut exactly as upstream OLMo does (reference 5.2).
+"""Token files as fixed-length training instances, cut exactly as upstream OLMo does (docs/format.md §3.3).
 
 File `j` of `T_j` tokens gives `floor(T_j / L)` instances; its last `T_j mod L` tokens are dropped;
 instances never cross files and ignore document boundaries. Files are laid out in the order given

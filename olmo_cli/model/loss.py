@@ -1,5 +1,5 @@
-"""The training loss: next-token cross-entropy with upstream's masking and normalization (olmo-format.md
-§7.5), plus the optional z-loss.
+"""The training loss: next-token cross-entropy with upstream's masking and normalization (docs/format.md
+§7), plus the optional z-loss.
 
 Upstream (v0.4+) sums token losses and divides by the *device batch's* `input_ids.numel()` (Bd·L, which
 counts the unpredicted first position and ignored positions too). Micro-batches are divided by the same

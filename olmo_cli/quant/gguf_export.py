@@ -1,6 +1,6 @@
 """A GGUF file in llama.cpp's `olmo` architecture (LLM_ARCH_OLMO), written with the `gguf` package.
 
-Facts this follows (llama.cpp's OLMo loader and its HF converter; olmo-format.md section 14.1):
+Facts this follows (llama.cpp's OLMo loader and its HF converter; docs/format.md §11.3):
 - tensors `token_embd`, `output` (untied models only: llama.cpp reuses the embedding otherwise), and per
   block `attn_q/k/v` (our fused `att_proj` split), `attn_output`, `ffn_up` (first half of `ff_proj`),
   `ffn_gate` (second half), `ffn_down`; no norm tensors (OLMo-1's LayerNorm has no parameters);
