@@ -1,5 +1,5 @@
 """Upstream OLMo's in-loop downstream tasks: how a dataset row becomes a multiple-choice document, and
-which metric upstream reports for each (olmo-format.md §9.3; the `label_to_task_map` of
+which metric upstream reports for each (docs/format.md §9.3; the `label_to_task_map` of
 allenai/OLMo `olmo/eval/downstream.py`).
 
 Each document is a list of (context, continuation) choices and the index of the gold one. Most tasks

@@ -2,8 +2,8 @@
 through our engine (`olmo eval CKPT --harness TASKS`), and `run_harness` to call it.
 
 The harness is an optional extra (`pip install lm-eval`): nothing here imports it until it is used, so
-this module loads without it. The class implements the harness's model contract (olmo-format.md
-§14.2) on the same scorer as `olmo eval --tasks`:
+this module loads without it. The class implements the harness's model contract (docs/format.md
+§9.5) on the same scorer as `olmo eval --tasks`:
 - loglikelihood: the harness tokenizes (context, continuation) itself (TemplateLM); we score the
   token pairs, `(context + continuation)[-(max_length + 1):]` as its `hf` backend does;
 - loglikelihood_rolling: the harness's disjoint rolling windows of `max_length` tokens, summed;

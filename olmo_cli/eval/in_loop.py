@@ -1,4 +1,4 @@
-"""Downstream (`type: downstream`) evaluators in the training loop, upstream's way (olmo-format.md §9.2):
+"""Downstream (`type: downstream`) evaluators in the training loop, upstream's way (docs/format.md §9.2):
 the evaluator's label names the task (`piqa`, `openbook_qa`, ...), every rank scores its share of the
 requests, and the task's metric is logged as `eval/downstream/{label}_{metric}`.
 

