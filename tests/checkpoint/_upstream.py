@@ -74,7 +74,7 @@ def write_upstream_safetensors(path: Path, nested: dict[Any, Any], protocol: int
 
 
 def tiny_model_state(seed: int = 0) -> dict[str, torch.Tensor]:
-    """Random fp32 weights with exactly the tiny model's parameter names and shapes (section 1.1)."""
+    """Random fp32 weights with exactly the tiny model's parameter names and shapes (docs/format.md §1.1)."""
     g = torch.Generator().manual_seed(seed)
     d, f, v = TINY.d_model, TINY.mlp_hidden, TINY.padded_vocab_size
     shapes = {"transformer.wte.weight": (v, d), "transformer.ff_out.weight": (v, d)}

@@ -1,4 +1,4 @@
-"""The OLMo safetensors key/value codec (reference section 4.5)."""
+"""The OLMo safetensors key/value codec (docs/format.md §4.5)."""
 
 from __future__ import annotations
 

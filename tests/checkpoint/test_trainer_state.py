@@ -1,4 +1,4 @@
-"""Upstream's backward-compatible reading of trainer-state counters (reference section 4.4)."""
+"""Upstream's backward-compatible reading of trainer-state counters (docs/format.md §4.4)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Import direction (ARCHITECTURE.md rules 1, 2, 15): the engine never imports the CLI layer, and the CLI
-layer imports nothing heavy until a command runs.
+"""Import direction (docs/architecture.md rules 1, 2, 15, 17): the engine never imports the CLI layer,
+and the CLI layer imports nothing heavy until a command runs.
 
     commands/, app.py, ui.py, __main__.py   the CLI layer: typer and rich live here, torch does not
     everything else under olmo_cli/         the engine: torch yes, typer/rich/ui never

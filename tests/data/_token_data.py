@@ -73,7 +73,7 @@ def write_token_dir(
 
 
 def expected_instances(arrays: Sequence[np.ndarray], seq_len: int) -> list[np.ndarray]:
-    """Reference section 5.2 written plainly: each file's whole instances in order, remainders dropped."""
+    """docs/format.md §3.3 written plainly: each file's whole instances in order, remainders dropped."""
     out = []
     for tokens in arrays:
         for k in range(len(tokens) // seq_len):

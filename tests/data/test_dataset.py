@@ -1,4 +1,4 @@
-"""MemmapDataset: instances cut as reference section 5.2 says, read from local token files."""
+"""MemmapDataset: instances cut as docs/format.md §3.3 says, read from local token files."""
 
 from __future__ import annotations
 

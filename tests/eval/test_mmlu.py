@@ -1,4 +1,4 @@
-"""MMLU as upstream's in-loop evaluators pose it (olmo-format.md §9.3): the category table, the prompt
+"""MMLU as upstream's in-loop evaluators pose it (docs/format.md §9.3): the category table, the prompt
 variants and lettered 5-shot form on made-up rows, and (optionally) the real package's row counts."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Task data from an installed upstream package (a fake one built in tmp), formatted as upstream's
-in-loop evaluators format it (olmo-format.md §9.3), and the errors for names that are not tasks."""
+in-loop evaluators format it (docs/format.md §9.3), and the errors for names that are not tasks."""
 
 from __future__ import annotations
 

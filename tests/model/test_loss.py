@@ -1,4 +1,4 @@
-"""The training loss against a hand computation from log_softmax (olmo-format.md §7.5)."""
+"""The training loss against a hand computation from log_softmax (docs/format.md §7)."""
 
 from __future__ import annotations
 

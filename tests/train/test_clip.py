@@ -1,4 +1,4 @@
-"""Global-norm gradient clipping (olmo-format.md §7.4): against torch's clip_grad_norm_ in one process, the
+"""Global-norm gradient clipping (docs/format.md §6.5): against torch's clip_grad_norm_ in one process, the
 one-step threshold lag through the real optimizer, and DTensor gradients sharded over two gloo ranks."""
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def test_measure_only_and_no_grads():
 
 
 def test_clip_threshold_lags_the_schedule_by_one_step():
-    """7B: step 1 clips at the raw 1.0, steps 2..1001 at the warmed-up 10.0, then 1.0 again (§7.4)."""
+    """7B: step 1 clips at the raw 1.0, steps 2..1001 at the warmed-up 10.0, then 1.0 again (§6.5)."""
     cfg = preset("7b")
     layer = nn.Linear(4, 4, bias=False)
     optim = build_optimizer(layer, cfg)

@@ -1,4 +1,4 @@
-"""Run length from `max_duration` and the stop step (olmo-format.md §7.3 "Run maximum", §7.6)."""
+"""Run length from `max_duration` and the stop step (docs/format.md §6.4, §6.6)."""
 
 from __future__ import annotations
 

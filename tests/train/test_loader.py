@@ -22,7 +22,7 @@ def data(tmp_path):
         path = tmp_path / f"f{i}.npy"
         tokens.astype("<u2").tofile(path)
         paths.append(str(path))
-    # Reference (section 5.2): each file's whole instances, in file order.
+    # docs/format.md §3.3: each file's whole instances, in file order.
     instances = [a[k * SEQ : (k + 1) * SEQ] for a in arrays for k in range(len(a) // SEQ)]
     return MemmapDataset(paths, SEQ, "uint16"), np.stack(instances).astype(np.int64)
 

@@ -1,4 +1,4 @@
-"""Parameter groups and AdamW as upstream builds them (olmo-format.md §7.1, §7.2), checked on small models
+"""Parameter groups and AdamW as upstream builds them (docs/format.md §6.1, §6.2), checked on small models
 with the presets' architecture switches."""
 
 from __future__ import annotations
@@ -143,7 +143,7 @@ def test_build_optimizer_uses_the_config_hyperparameters():
 
 
 def test_adamw_step_is_upstreams_decoupled_update():
-    """One step by hand (§7.2): p <- p(1 - lr wd); m, v moments; bias-corrected update with eps 1e-5."""
+    """One step by hand (§6.2): p <- p(1 - lr wd); m, v moments; bias-corrected update with eps 1e-5."""
     layer = nn.Linear(4, 3, bias=False)
     cfg = TrainConfig.model_validate(
         {"optimizer": {"name": "adamw", "learning_rate": 0.1, "weight_decay": 0.5}}

@@ -1,4 +1,4 @@
-"""AdamW state in upstream's unsharded form and back (olmo-format.md §4.3, §4.7): a round trip through a
+"""AdamW state in upstream's unsharded form and back (docs/format.md §4.3, §4.7): a round trip through a
 file continues bit-identically, and the other forms upstream wrote load by name."""
 
 from __future__ import annotations

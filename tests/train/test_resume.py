@@ -152,7 +152,7 @@ def test_weights_only_restart_resets_the_trainer_state(tmp_path):
     assert set(weights) == set(build_model(cfg.model, "meta").state_dict())
 
 
-# ---- upstream's restore rules for the trainer state (§4.7) ----------------------------------------
+# ---- upstream's restore rules for the trainer state (docs/format.md §4.7) ---------------------------
 
 
 def _saved(**changes):

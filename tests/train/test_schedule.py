@@ -1,4 +1,4 @@
-"""LR and clip-threshold schedules against upstream's published check values (olmo-format.md §7.3, §7.4)
+"""LR and clip-threshold schedules against upstream's published check values (docs/format.md §6.3, §6.5)
 and the shape each named schedule must have."""
 
 from __future__ import annotations
@@ -154,7 +154,7 @@ def test_grad_clip_threshold_schedule():
 
 def test_grad_clip_threshold_lags_one_step():
     """The loop clips with the threshold stored at the previous step, then stores this step's: the 7B run
-    clips step 1 at the raw 1.0, steps 2..1001 at 10.0, and later steps at 1.0 (§7.4)."""
+    clips step 1 at the raw 1.0, steps 2..1001 at 10.0, and later steps at 1.0 (§6.5)."""
     cfg = preset("7b")
     stored = cfg.max_grad_norm  # what the optimizer's groups hold after construction
     used = {}
