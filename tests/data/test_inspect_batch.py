@@ -1,5 +1,5 @@
 """`olmo inspect-batch` end to end, in a subprocess as a user runs it, against the order and instances
-computed independently from reference section 5 (plain numpy in this file)."""
+computed independently from docs/format.md §5 (plain numpy in this file)."""
 
 from __future__ import annotations
 
@@ -106,7 +106,7 @@ def test_ranges_ranks_and_instances(setup):
     out = run_json("4..5", "-c", "cfg.yaml", "--rank", "1", "--world-size", str(world))
     assert out["batches_in_epoch"] == 6 and [b["batch"] for b in out["batches"]] == [4, 5]
     for b in out["batches"]:
-        # Reference 5.3 item 4: rank r iterates order[r::W] in device batches of B/W.
+        # docs/format.md §5.3: rank r iterates order[r::W] in device batches of B/W.
         device = order[1::world][b["batch"] * 2 : b["batch"] * 2 + 2]
         _check(b["instances"], device.tolist(), instances)
         assert [i["position"] for i in b["instances"]] == [1, 4]

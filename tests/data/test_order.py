@@ -1,4 +1,4 @@
-"""The global data order against an independent, plain re-implementation of reference section 5.3."""
+"""The global data order against an independent, plain re-implementation of docs/format.md §5."""
 
 from __future__ import annotations
 
