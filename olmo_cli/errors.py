@@ -6,7 +6,7 @@ from __future__ import annotations
 class OlmoError(Exception):
     """Something the user can fix: what went wrong, where, and how to fix it.
 
-    `exit_code` follows the house table: 2 usage/config, 3 data, 4 checkpoint, 5 network.
+    `exit_code` follows docs/architecture.md rule 4: 2 usage/config, 3 data, 4 checkpoint, 5 network.
     """
 
     exit_code = 1

@@ -13,7 +13,7 @@ _PACKAGE = Path(__file__).resolve().parent.parent
 
 def preset_dir() -> Path:
     """`olmo_cli/presets` inside an installed wheel; the repository's top-level `presets/` in a
-    source checkout (editable install), where the design card puts them."""
+    source checkout (editable install): see docs/architecture.md, section 3."""
     for candidate in (_PACKAGE / "presets", _PACKAGE.parent / "presets"):
         if candidate.is_dir():
             return candidate
