@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.train._runs import SEQ, pattern_tokens, write_token_dir
 
@@ -135,6 +136,23 @@ def test_train_then_resume(tmp_path, data):
     assert "resumed from" in second.stdout and "finished at step 6" in second.stdout
     assert [r["step"] for r in _records(run_dir)] == [1, 2, 3, 4, 5, 6]
     assert (run_dir / "step6-unsharded").is_dir()
+
+
+@pytest.mark.parametrize("name", ["2024", "on", "null", "a: b", "[x]"])
+def test_save_folder_names_yaml_would_misread(tmp_path, data, name):
+    # --save-folder is a typed option: its text is the folder's name, never a --set read as YAML.
+    proc = run_olmo(
+        "train",
+        *SMALL,
+        *("--data", str(data), "--save-folder", name, "--set", "max_duration=1", "--set", "stop_at=1"),
+        cwd=tmp_path,
+        **_env(tmp_path),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "finished at step 1" in proc.stdout
+    saved = yaml.safe_load((tmp_path / name / "config.yaml").read_text())
+    assert saved["save_folder"] == name
+    assert (tmp_path / name / "step1-unsharded").is_dir()
 
 
 def test_json_events(tmp_path, data):

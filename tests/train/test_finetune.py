@@ -271,7 +271,7 @@ def test_resume_continues_a_finetune_from_its_own_checkpoint(tmp_path, material)
     assert all(math.isfinite(v) for v in found.values())
 
 
-@pytest.mark.parametrize("name", ["on", "null", "a: b", "2024"])
+@pytest.mark.parametrize("name", ["2024", "on", "null", "a: b", "[x]"])
 def test_save_folder_names_stay_text(tmp_path, material, name):
     base, data = material
     assert finetune_config(base, data, tmp_path / name).save_folder == str(tmp_path / name)
