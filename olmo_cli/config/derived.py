@@ -70,10 +70,6 @@ def flops_per_token(cfg: ModelConfig) -> tuple[int, int]:
     return forward, backward
 
 
-def training_flops_per_token(cfg: ModelConfig) -> int:
-    return sum(flops_per_token(cfg))
-
-
 def training_tokens(cfg: TrainConfig) -> int | None:
     """Tokens the schedule trains for, when `max_duration` says it without knowing the data size."""
     count, unit = parse_duration(cfg.max_duration)
