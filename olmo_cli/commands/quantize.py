@@ -156,6 +156,7 @@ def _native(
     from olmo_cli.atomic import check_output_dir
     from olmo_cli.config.yamlio import dump_yaml
     from olmo_cli.errors import OlmoError, UsageError
+    from olmo_cli.eval.quantized import eval_dataset
     from olmo_cli.load.build import load_tokenizer
     from olmo_cli.quant.checkpoint import write_quantized
     from olmo_cli.quant.model import quantize_state
@@ -167,7 +168,7 @@ def _native(
         raise UsageError(str(e)) from None
     check_output_dir(output, overwrite)
     found = _read_full_precision(checkpoint)
-    dataset = _dataset(eval_data, found) if eval_data else None  # bad data fails before the work
+    dataset = eval_dataset(eval_data, found.config) if eval_data else None  # bad data fails before the work
     try:
         tokenizer_json: str | None = load_tokenizer(found).json_text
     except OlmoError as e:  # the weights still quantize; say what is missing
@@ -192,12 +193,6 @@ def _native(
     if dataset is not None:
         summary["eval"] = _compare(found, path, dataset, eval_batches, as_json)
     _show(summary, as_json)
-
-
-def _dataset(eval_data: list[str], found: CheckpointWeights) -> Any:
-    from olmo_cli.eval.quantized import eval_dataset
-
-    return eval_dataset(eval_data, found.config)
 
 
 def _summary(found: CheckpointWeights, path: Path, layout: Any) -> dict[str, Any]:
