@@ -24,7 +24,7 @@ from olmo_cli.commands import (
     quantize,
     train,
 )
-from olmo_cli.commands import eval as eval_command
+from olmo_cli.commands import eval as eval_module
 
 app = typer.Typer(
     name="olmo",
@@ -50,7 +50,7 @@ app.command("inspect-batch")(inspect.inspect_batch_command)
 app.command("convert-hf")(convert.convert_hf_command)
 app.command("generate")(generate.generate_command)
 app.command("quantize")(quantize.quantize_command)
-app.command("eval")(eval_command.eval_cmd)
+app.command("eval")(eval_module.eval_command)
 
 
 def _version(value: bool) -> None:

@@ -48,7 +48,7 @@ Examples:
 """
 
 
-def eval_cmd(
+def eval_command(
     checkpoint: Annotated[
         Path | None,
         typer.Argument(
@@ -164,4 +164,4 @@ def eval_cmd(
     )
 
 
-eval_cmd.__doc__ = _HELP  # one text for --help and the module's readers, kept beside the options
+eval_command.__doc__ = _HELP  # one text for --help and the module's readers, kept beside the options
