@@ -1,16 +1,11 @@
-"""Shared pieces of the tokenize tests: writing inputs, reading token directories, a static HTTP server."""
+"""Shared pieces of the tokenize tests: writing inputs and reading token directories."""
 
 from __future__ import annotations
 
 import csv
-import functools
 import gzip
 import io
 import json
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -84,21 +79,3 @@ def docs_csv(rows: list[tuple[int, int, str]]) -> str:
     writer.writerow(("start", "end", "id"))
     writer.writerows(rows)
     return buffer.getvalue()
-
-
-@contextmanager
-def serve_directory(directory: Path) -> Iterator[str]:
-    """A real HTTP server on 127.0.0.1 serving `directory`; yields its base URL."""
-
-    class Quiet(SimpleHTTPRequestHandler):
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(directory)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()

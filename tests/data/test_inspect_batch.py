@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from _range_http import range_server
 from _token_data import expected_instances, random_tokens, write_token_dir, write_tokens
+
+from tests._http_server import serve
 
 SEQ_LEN, BATCH, SEED = 8, 6, 1234
 LENGTHS = (100, 75, 41, 64)  # remainders 4, 3, 1, 0: 12 + 9 + 5 + 8 = 34 instances
@@ -145,19 +146,19 @@ def test_data_override_and_order_files(setup, tmp_path):
     custom.tofile(tmp_path / "order.npy")
     local = run_json("0", "-c", "cfg.yaml", "--data", "tok", "--data-order-file", "order.npy")
     _check(local["batches"][0]["instances"], [7, 6, 5, 4, 3, 2], tok_instances)
-    with range_server() as server:
+    with serve() as server:
         server.files["order.npy"] = custom.tobytes()
         remote = run_json("0", "-c", "cfg.yaml", "-d", "tok", "--data-order-file", server.url("order.npy"))
         assert remote["batches"][0]["instances"] == local["batches"][0]["instances"]
         assert "order file http://" in remote["order"]
-        assert server.bytes_served("order.npy") == BATCH * 4  # one batch's worth of the order
+        assert server.served("order.npy") == BATCH * 4  # one batch's worth of the order
         # Token files over HTTP: the same instances, and only the shown ones are fetched.
         for i, tokens in enumerate(parts):
             server.files[f"part-{i}.npy"] = tokens.astype("<u2").tobytes()
         urls = [arg for i in range(2) for arg in ("-d", server.url(f"part-{i}.npy"))]
         one = run_json("0", "-c", "cfg.yaml", *urls, "--instance", "3")
         _check(one["batches"][0]["instances"], [int(upstream_order(8, SEED, 0)[3])], tok_instances)
-        fetched = server.bytes_served("part-0.npy") + server.bytes_served("part-1.npy")
+        fetched = server.served("part-0.npy") + server.served("part-1.npy")
         assert fetched == SEQ_LEN * 2  # one instance of uint16 tokens
 
 

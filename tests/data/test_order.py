@@ -6,7 +6,6 @@ import math
 
 import numpy as np
 import pytest
-from _range_http import range_server
 
 from olmo_cli.data.order import (
     DataOrder,
@@ -20,6 +19,7 @@ from olmo_cli.data.order import (
     write_order,
 )
 from olmo_cli.errors import DataError, NetworkError, UsageError
+from tests._http_server import serve
 
 
 def upstream_global_indices(n: int, seed: int, epoch: int, world_size: int, drop_last: bool) -> np.ndarray:
@@ -142,7 +142,7 @@ def test_order_file_round_trip_local(tmp_path):
 def test_order_file_round_trip_over_http(tmp_path):
     indices = global_indices(5000, seed=11, epoch=1)
     write_order(tmp_path / "order.npy", indices)
-    with range_server() as server:
+    with serve() as server:
         server.files["order.npy"] = (tmp_path / "order.npy").read_bytes()
         downloaded = load_order(server.url("order.npy"), cache_dir=tmp_path / "cache")
         assert np.array_equal(np.asarray(downloaded), indices)
@@ -150,7 +150,7 @@ def test_order_file_round_trip_over_http(tmp_path):
         assert len(ranged) == 5000
         server.log.clear()
         assert DataOrder(ranged, len(ranged), "remote").batch(2, 32).tolist() == indices[64:96].tolist()
-        assert server.bytes_served("order.npy") == 32 * 4  # only the batch's bytes were fetched
+        assert server.served("order.npy") == 32 * 4  # only the batch's bytes were fetched
         with pytest.raises(NetworkError, match="missing.npy"):
             load_order(server.url("missing.npy"), cache_dir=tmp_path / "cache")
 

@@ -15,7 +15,6 @@ from _tokenize_helpers import (
     dir_bytes,
     read_docs,
     sample_texts,
-    serve_directory,
     write_jsonl,
 )
 from tokenizers import Tokenizer
@@ -23,6 +22,7 @@ from tokenizers import Tokenizer
 import olmo_cli.data.inputs as inputs_module
 from olmo_cli.app import main
 from olmo_cli.data.tokenize import TokenizeOptions, tokenize
+from tests._http_server import serve_directory
 
 TOK = Tokenizer.from_file(str(BUILTIN_FILE))
 EOS = 0

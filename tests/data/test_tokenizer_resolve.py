@@ -10,12 +10,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from _tokenize_helpers import BUILTIN, BUILTIN_FILE, serve_directory
+from _tokenize_helpers import BUILTIN, BUILTIN_FILE
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from olmo_cli.data import tokenizer as tokenizer_module
 from olmo_cli.data.tokenizer import resolve_tokenizer
 from olmo_cli.errors import DataError, NetworkError, UsageError
+from tests._http_server import serve_directory
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -4,7 +4,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from ._server import Server, serve
+from tests._http_server import Server, serve
 
 
 @pytest.fixture

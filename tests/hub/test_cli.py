@@ -10,10 +10,10 @@ import subprocess
 import time
 from pathlib import Path
 
+from tests._http_server import Server
 from tests.cli._helpers import ROOT, olmo_executable
 
-from ._helpers import cli_env, files_under, run_cli
-from ._server import UPSTREAM_FILES, Server, add_checkpoint, add_index
+from ._helpers import UPSTREAM_FILES, add_checkpoint, add_index, cli_env, files_under, run_cli
 
 TOTAL = sum(UPSTREAM_FILES.values())
 

@@ -14,9 +14,9 @@ import pytest
 from olmo_cli.errors import CheckpointError, NetworkError
 from olmo_cli.hub.download import MARKER, DownloadOptions, download, plan_download
 from olmo_cli.hub.events import CheckpointDone, FileDone, Retrying
+from tests._http_server import Fault, Server
 
-from ._helpers import FAST, OPTIONS, entry, fetch, files_under
-from ._server import UPSTREAM_FILES, Fault, Server, add_checkpoint
+from ._helpers import FAST, OPTIONS, UPSTREAM_FILES, add_checkpoint, entry, fetch, files_under
 
 MODEL = "ckpt/step1000-unsharded/model.safetensors"
 OPTIM = "ckpt/step1000-unsharded/optim.safetensors"

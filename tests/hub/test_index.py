@@ -19,8 +19,7 @@ from olmo_cli.hub.index import (
     parse_index,
     tokens_per_step,
 )
-
-from ._server import Server
+from tests._http_server import Server
 
 # Rows as upstream publishes them: sorted, a step listed twice (7B's 557000), no newline at the end.
 UPSTREAM_ROWS = (
@@ -78,7 +77,7 @@ def test_relative_directories_resolve_against_an_index_url() -> None:
 
 
 def test_an_index_url_is_cached_and_read_offline(tmp_path: Path) -> None:
-    from ._server import serve
+    from tests._http_server import serve
 
     with serve() as server:
         server.add_bytes("i.csv", b"Step,Checkpoint Directory\n10,https://h/step10-unsharded/")

@@ -10,9 +10,9 @@ from olmo_cli.errors import CheckpointError, ConfigError
 from olmo_cli.hub.download import MARKER, download, plan_download
 from olmo_cli.hub.index import parse_index
 from olmo_cli.hub.paths import checkpoint_dirs, safe_child
+from tests._http_server import Server
 
-from ._helpers import OPTIONS, fetch, files_under
-from ._server import Server, add_checkpoint
+from ._helpers import OPTIONS, add_checkpoint, fetch, files_under
 
 
 def everything_outside(root: Path, dest: Path) -> list[Path]:

@@ -15,9 +15,9 @@ from olmo_cli.hub.download import MARKER, DownloadOptions, download, plan_downlo
 from olmo_cli.hub.events import FileDone, Retrying
 from olmo_cli.hub.index import IndexEntry
 from olmo_cli.hub.listing import hf_to_https
+from tests._http_server import Server
 
 from ._helpers import FAST, files_under
-from ._server import Server
 
 FILES = {
     "config.yaml": b"run_name: x\n",

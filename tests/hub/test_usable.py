@@ -16,10 +16,10 @@ from olmo_cli.config.loader import load_config
 from olmo_cli.config.schema import TrainConfig
 from olmo_cli.config.yamlio import dump_yaml
 from olmo_cli.model.olmo import build_model
+from tests._http_server import Server
 from tests.cli._helpers import ROOT, olmo_executable
 
-from ._helpers import cli_env, run_cli
-from ._server import Server, add_checkpoint, add_index
+from ._helpers import add_checkpoint, add_index, cli_env, run_cli
 
 TINY_OVERRIDES = [
     "model.d_model=32",

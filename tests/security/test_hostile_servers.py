@@ -1,9 +1,9 @@
 """Downloads against a server that lies, stalls or redirects: a byte-identical file or one clear error,
 in bounded time, and nothing written outside the destination.
 
-The server (`_hostile_http`) is real HTTP on 127.0.0.1; each test chooses how it misbehaves. The engine
-is driven in-process with small limits where time is the point (trickle, silence), and the installed
-`olmo checkpoints download` runs in a subprocess where the exit code and the one-line message are.
+The server (`tests/_http_server.py`) is real HTTP on 127.0.0.1; each test chooses how it misbehaves.
+The engine is driven in-process with small limits where time is the point (trickle, silence), and the
+installed `olmo checkpoints download` runs in a subprocess where the exit code and the one-line message are.
 """
 
 from __future__ import annotations
@@ -22,10 +22,9 @@ from olmo_cli.errors import CheckpointError, ConfigError, NetworkError
 from olmo_cli.hub.download import MARKER, DownloadOptions, download, plan_download
 from olmo_cli.hub.http import RetryPolicy, check_redirect
 from olmo_cli.hub.index import IndexEntry
+from tests._http_server import Request, Server, serve
 from tests.cli._helpers import ROOT, clean_env, olmo_executable
 from tests.security._full_disk import tmpfs_unavailable
-
-from ._hostile_http import Hostile, Request, hostile_server
 
 STEP = 1000
 DIR = f"ckpt/step{STEP}-unsharded"
@@ -43,8 +42,8 @@ def options(policy: RetryPolicy = QUICK) -> DownloadOptions:
 
 
 @pytest.fixture
-def server() -> Iterator[Hostile]:
-    with hostile_server() as s:
+def server() -> Iterator[Server]:
+    with serve() as s:
         rng = random.Random(7)
         s.files[MODEL] = rng.randbytes(MODEL_SIZE)
         s.files[CONFIG] = b"run_name: hostile\n"
@@ -60,13 +59,13 @@ def snapshot(root: Path, skip: Path) -> dict[str, tuple[int, int]]:
     }
 
 
-def engine(server: Hostile, dest: Path, opts: DownloadOptions | None = None) -> None:
+def engine(server: Server, dest: Path, opts: DownloadOptions | None = None) -> None:
     opts = opts or options()
     plans = plan_download([IndexEntry(STEP, server.url(DIR + "/"), 2)], dest, opts)
     download(plans, opts)
 
 
-def assert_downloaded(dest: Path, server: Hostile) -> None:
+def assert_downloaded(dest: Path, server: Server) -> None:
     final = dest / f"step{STEP}-unsharded"
     assert (final / MARKER).is_file()
     assert (final / "model.safetensors").read_bytes() == server.files[MODEL]
@@ -79,7 +78,7 @@ def assert_not_committed(dest: Path) -> None:
     assert not (partial / "model.safetensors").exists()
 
 
-def index_file(tmp: Path, server: Hostile) -> Path:
+def index_file(tmp: Path, server: Server) -> Path:
     path = tmp / "index.csv"
     path.write_text(f"Step,Checkpoint Directory\n{STEP},{server.url(DIR + '/')}\n")
     return path
@@ -125,7 +124,7 @@ def lie_in_head(size: int) -> Callable[[Request], None]:
 
 @pytest.mark.parametrize("delta", [-1000, +1000], ids=["under-reports", "over-reports"])
 def test_a_head_that_misreports_the_size_is_a_clear_error_not_a_wrong_file(
-    server: Hostile, tmp_path: Path, delta: int
+    server: Server, tmp_path: Path, delta: int
 ) -> None:
     server.behave[MODEL] = lie_in_head(MODEL_SIZE + delta)
     dest, index = tmp_path / "dest", index_file(tmp_path, server)
@@ -139,9 +138,7 @@ def test_a_head_that_misreports_the_size_is_a_clear_error_not_a_wrong_file(
     assert snapshot(tmp_path, dest) == before
 
 
-def test_a_head_that_under_reports_and_a_get_without_length_is_caught(
-    server: Hostile, tmp_path: Path
-) -> None:
+def test_a_head_that_under_reports_and_a_get_without_length_is_caught(server: Server, tmp_path: Path) -> None:
     """No Content-Length to compare: the body going on past the planned size is the disagreement."""
 
     def answer(request: Request) -> None:
@@ -161,7 +158,7 @@ def test_a_head_that_under_reports_and_a_get_without_length_is_caught(
     assert_not_committed(dest)
 
 
-def test_a_get_whose_length_disagrees_with_the_head_is_a_clear_error(server: Hostile, tmp_path: Path) -> None:
+def test_a_get_whose_length_disagrees_with_the_head_is_a_clear_error(server: Server, tmp_path: Path) -> None:
     def answer(request: Request) -> None:
         if request.head:
             return request.honest()
@@ -177,7 +174,7 @@ def test_a_get_whose_length_disagrees_with_the_head_is_a_clear_error(server: Hos
     assert_not_committed(dest)
 
 
-def test_a_range_answer_of_a_file_of_another_size_is_a_clear_error(server: Hostile, tmp_path: Path) -> None:
+def test_a_range_answer_of_a_file_of_another_size_is_a_clear_error(server: Server, tmp_path: Path) -> None:
     def answer(request: Request) -> None:
         status, start, end, headers = request.plan()
         if status == 206:
@@ -194,7 +191,7 @@ def test_a_range_answer_of_a_file_of_another_size_is_a_clear_error(server: Hosti
 
 @pytest.mark.parametrize("server_kind", ["honours If-Range", "ignores If-Range"])
 def test_a_file_that_changes_before_a_ranged_resume_ends_as_the_new_file(
-    server: Hostile, tmp_path: Path, server_kind: str
+    server: Server, tmp_path: Path, server_kind: str
 ) -> None:
     old_etag = server.etag(MODEL)
     new = random.Random(8).randbytes(MODEL_SIZE)
@@ -231,7 +228,7 @@ def test_a_file_that_changes_before_a_ranged_resume_ends_as_the_new_file(
     assert resumed["If-Range"] == old_etag
 
 
-def test_without_an_etag_last_modified_is_the_version(server: Hostile, tmp_path: Path) -> None:
+def test_without_an_etag_last_modified_is_the_version(server: Server, tmp_path: Path) -> None:
     new = random.Random(9).randbytes(MODEL_SIZE)
     stamps = ["Mon, 01 Jan 2024 00:00:00 GMT"]
     gets = []
@@ -265,7 +262,7 @@ def test_without_an_etag_last_modified_is_the_version(server: Hostile, tmp_path:
 # time: a trickle or silence cannot hold a download
 
 
-def test_a_trickle_ends_within_the_throughput_window(server: Hostile, tmp_path: Path) -> None:
+def test_a_trickle_ends_within_the_throughput_window(server: Server, tmp_path: Path) -> None:
     server.behave[MODEL] = lambda request: request.honest() if request.head else request.trickle(1.0)
     policy = RetryPolicy(
         attempts=2, backoff_s=0.01, max_backoff_s=0.05, read_timeout_s=5.0, min_rate=100.0, rate_window_s=1.5
@@ -282,7 +279,7 @@ def test_a_trickle_ends_within_the_throughput_window(server: Hostile, tmp_path: 
     assert snapshot(tmp_path, dest) == before
 
 
-def test_a_trickle_above_the_floor_ends_at_the_file_deadline(server: Hostile, tmp_path: Path) -> None:
+def test_a_trickle_above_the_floor_ends_at_the_file_deadline(server: Server, tmp_path: Path) -> None:
     server.behave[MODEL] = lambda request: request.honest() if request.head else request.trickle(0.05)
     policy = RetryPolicy(attempts=50, backoff_s=0.01, read_timeout_s=5.0, min_rate=1.0, deadline_s=2.0)
     start = time.monotonic()
@@ -291,7 +288,7 @@ def test_a_trickle_above_the_floor_ends_at_the_file_deadline(server: Hostile, tm
     assert time.monotonic() - start < 2.0 + 2, time.monotonic() - start
 
 
-def test_a_server_silent_after_its_headers_ends_at_the_deadline(server: Hostile, tmp_path: Path) -> None:
+def test_a_server_silent_after_its_headers_ends_at_the_deadline(server: Server, tmp_path: Path) -> None:
     server.behave[MODEL] = lambda request: request.honest() if request.head else request.silent()
     # Many tries allowed and a long read timeout: only the deadline can end it this early.
     policy = RetryPolicy(attempts=100, backoff_s=0.01, read_timeout_s=30.0, deadline_s=2.0)
@@ -304,7 +301,7 @@ def test_a_server_silent_after_its_headers_ends_at_the_deadline(server: Hostile,
 
 
 @pytest.mark.parametrize("kind", ["silent", "trickle"])
-def test_tries_without_progress_end_after_the_grace_time(server: Hostile, tmp_path: Path, kind: str) -> None:
+def test_tries_without_progress_end_after_the_grace_time(server: Server, tmp_path: Path, kind: str) -> None:
     """No deadline set and tries to spare: the time without progress alone ends it (by default 120 s)."""
     server.behave[MODEL] = lambda r: (
         r.honest() if r.head else r.silent() if kind == "silent" else r.trickle(0.2)
@@ -339,7 +336,7 @@ def test_the_default_limits_bound_a_trickle_and_silence() -> None:
 
 
 @pytest.mark.parametrize("target", ["file:///etc/passwd", "ftp://127.0.0.1/model.safetensors", "gopher://x/"])
-def test_a_redirect_to_another_scheme_fails_at_once(server: Hostile, tmp_path: Path, target: str) -> None:
+def test_a_redirect_to_another_scheme_fails_at_once(server: Server, tmp_path: Path, target: str) -> None:
     server.behave[MODEL] = lambda request: request.redirect(target)
     dest, index = tmp_path / "dest", index_file(tmp_path, server)
     before = snapshot(tmp_path, dest)
@@ -352,7 +349,7 @@ def test_a_redirect_to_another_scheme_fails_at_once(server: Hostile, tmp_path: P
     assert snapshot(tmp_path, dest) == before
 
 
-def test_a_redirect_on_the_get_alone_fails_at_once(server: Hostile, tmp_path: Path) -> None:
+def test_a_redirect_on_the_get_alone_fails_at_once(server: Server, tmp_path: Path) -> None:
     server.behave[MODEL] = lambda r: r.honest() if r.head else r.redirect("ftp://127.0.0.1/x")
     with pytest.raises(NetworkError, match="refusing to follow a redirect from http:// to ftp://"):
         engine(server, tmp_path / "dest")
@@ -368,7 +365,7 @@ def test_only_same_scheme_and_upgrading_redirects_are_followed() -> None:
 
 
 @pytest.mark.parametrize("kind", ["loop", "endless chain"])
-def test_redirect_loops_and_chains_fail_at_once(server: Hostile, tmp_path: Path, kind: str) -> None:
+def test_redirect_loops_and_chains_fail_at_once(server: Server, tmp_path: Path, kind: str) -> None:
     hops = [f"hop/{i}" for i in range(40)]
     if kind == "loop":
         server.behave[MODEL] = lambda r: r.redirect("/hop/0")
@@ -389,7 +386,7 @@ def test_redirect_loops_and_chains_fail_at_once(server: Hostile, tmp_path: Path,
 
 
 @pytest.mark.parametrize("status", [400, 403, 404, 410, 451])
-def test_a_4xx_on_the_get_fails_at_once(server: Hostile, tmp_path: Path, status: int) -> None:
+def test_a_4xx_on_the_get_fails_at_once(server: Server, tmp_path: Path, status: int) -> None:
     server.behave[MODEL] = lambda r: r.honest() if r.head else r.status(status)
     dest = tmp_path / "dest"
     proc, elapsed = cli(
@@ -403,7 +400,7 @@ def test_a_4xx_on_the_get_fails_at_once(server: Hostile, tmp_path: Path, status:
 
 
 @pytest.mark.parametrize("status", [408, 429])
-def test_408_and_429_are_retried(server: Hostile, tmp_path: Path, status: int) -> None:
+def test_408_and_429_are_retried(server: Server, tmp_path: Path, status: int) -> None:
     failures = [status, status]
 
     def answer(request: Request) -> None:
@@ -422,7 +419,7 @@ def test_408_and_429_are_retried(server: Hostile, tmp_path: Path, status: int) -
 # the index
 
 
-def test_an_index_with_an_oversized_field_is_one_clear_error(server: Hostile, tmp_path: Path) -> None:
+def test_an_index_with_an_oversized_field_is_one_clear_error(server: Server, tmp_path: Path) -> None:
     index = tmp_path / "index.csv"
     index.write_text(f"Step,Checkpoint Directory\n{STEP},{server.url(DIR)}/{'a' * 300_000}\n")
     proc, elapsed = cli(
@@ -434,7 +431,7 @@ def test_an_index_with_an_oversized_field_is_one_clear_error(server: Hostile, tm
 
 
 def test_an_index_over_http_with_an_oversized_field_is_one_clear_error(
-    server: Hostile, tmp_path: Path
+    server: Server, tmp_path: Path
 ) -> None:
     server.files["index.csv"] = f'Step,Checkpoint Directory\n{STEP},"{"b" * 200_000}"\n'.encode()
     proc, _ = cli(
@@ -490,7 +487,7 @@ def full_disk_after(budget: int) -> Callable[..., int]:
 
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="the injection finds files through /proc")
 def test_disk_full_names_the_space_needed_keeps_the_part_and_resumes(
-    server: Hostile, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     dest = tmp_path / "dest"
     before = snapshot(tmp_path, dest)
@@ -533,7 +530,7 @@ os.pwrite = _pwrite
 
 
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="the injection finds files through /proc")
-def test_disk_full_through_the_cli_is_exit_4_and_a_rerun_completes(server: Hostile, tmp_path: Path) -> None:
+def test_disk_full_through_the_cli_is_exit_4_and_a_rerun_completes(server: Server, tmp_path: Path) -> None:
     inject = tmp_path / "inject"
     inject.mkdir()
     (inject / "sitecustomize.py").write_text(SITECUSTOMIZE)
@@ -552,7 +549,7 @@ def test_disk_full_through_the_cli_is_exit_4_and_a_rerun_completes(server: Hosti
 
 
 def test_a_real_full_tmpfs_is_exit_4_and_the_rerun_completes_once_space_is_freed(
-    server: Hostile, tmp_path: Path
+    server: Server, tmp_path: Path
 ) -> None:
     """A 1 MiB tmpfs (in a user and mount namespace of its own) as --dest; the HEAD gives no size, so
     the check before fetching cannot see it coming and the write itself meets ENOSPC."""
