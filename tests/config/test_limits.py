@@ -53,9 +53,8 @@ def test_node_cap_and_control_characters(loader, monkeypatch):
 
 
 def test_both_loaders_read_the_presets_alike():
-    from upstream_sample import upstream_style_config
-
     from olmo_cli.config.presets import preset_dir
+    from tests._upstream_config import upstream_style_config
 
     texts = [p.read_text() for p in sorted(preset_dir().glob("*.yaml"))]
     texts.append(yamlio.dump_yaml(upstream_style_config()))

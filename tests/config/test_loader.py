@@ -1,11 +1,11 @@
 """load_config: files and presets, upstream semantics, and the messages users see."""
 
 import pytest
-from upstream_sample import upstream_style_config
 
 from olmo_cli.config.loader import load_config
 from olmo_cli.config.schema import TrainConfig, parse_duration
 from olmo_cli.errors import ConfigError, UsageError
+from tests._upstream_config import upstream_style_config
 
 
 def test_upstream_style_config_loads_as_it_is(write_config):

@@ -1,15 +1,17 @@
-"""A config shaped like upstream's official OLMo-7B-0724.yaml, written by the tests themselves
-(the upstream reference folder is never read)."""
+"""A config shaped like upstream's official OLMo-7B-0724.yaml, written by the tests themselves (the
+upstream reference folder is never read): the one sample that the config, CLI and limit tests load."""
 
 
 def upstream_style_config() -> dict:
-    """A config shaped like upstream's official OLMo-7B-0724.yaml (same keys, interpolations and
-    value forms), with a handful of data and evaluator paths instead of a thousand."""
+    """A config shaped like upstream's official OLMo-7B-0724.yaml (the same keys, interpolations and
+    value forms: float counts, `2ep`, data sets by name), with two data and evaluator paths instead of
+    hundreds."""
+    ppl = "s3://ai2-llm/eval-data/perplexity/v3_small_gptneox20b"
     return {
         "run_name": "OLMo-1.7-7B",
         "seed": 6198,
         "dry_run": False,
-        "wandb": {"name": "${run_name}", "project": "olmo-medium", "group": "OLMo-1.7-7B"},
+        "wandb": {"name": "${run_name}", "project": "olmo-medium", "group": "${run_name}"},
         "model": {
             "d_model": 4096,
             "n_heads": 32,
@@ -44,6 +46,7 @@ def upstream_style_config() -> dict:
             "name": "adamw",
             "learning_rate": 3.0e-4,
             "weight_decay": 0.1,
+            "eps": 1.0e-5,
             "decay_norm_and_bias": True,
             "decay_embeddings": True,
             "betas": [0.9, 0.95],
@@ -53,7 +56,7 @@ def upstream_style_config() -> dict:
             "name": "cosine_with_warmup",
             "units": "tokens",
             "t_warmup": 10485760000,
-            "t_max": "3e12",
+            "t_max": 3e12,  # written as a float, as upstream does
             "alpha_f": 0.1,
             "grad_clip_warmup_steps": 2097152000,
             "grad_clip_warmup_factor": 5,
@@ -66,12 +69,14 @@ def upstream_style_config() -> dict:
         "remote_save_folder": None,
         "save_overwrite": True,
         "save_interval": 1000,
+        "save_interval_ephemeral": 250,
         "save_num_checkpoints_to_keep": -1,
         "sharded_checkpointer": "olmo_core",
         "save_interval_unsharded": None,
         "save_num_unsharded_checkpoints_to_keep": -1,
         "load_path": None,
         "max_duration": "2ep",
+        "stop_at": 477000,
         "global_train_batch_size": 1024,
         "device_train_microbatch_size": 2,
         "precision": "amp_bf16",
@@ -79,6 +84,7 @@ def upstream_style_config() -> dict:
         "max_grad_norm": 1.0,
         "max_grad_norm_ratio": None,
         "speed_monitor": {"window_size": 1},
+        "gen1_gc_interval": 1,
         "eval_interval": 1000,
         "eval_subset_num_batches": -1,
         "device_eval_batch_size": "${device_train_microbatch_size}",
@@ -89,9 +95,8 @@ def upstream_style_config() -> dict:
                     "num_workers": 0,
                     "drop_last": True,
                     "datasets": {
-                        "c4_en-validation": [
-                            "https://olmo-data.org/eval-data/perplexity/v3_small_gptneox20b/c4_en/val/part-0-00000.npy"
-                        ],
+                        "c4_en-validation": [f"{ppl}/c4_en/val/part-0-00000.npy"],
+                        "dolma_books-validation": [f"{ppl}/dolma_books/val/part-0-00000.npy"],
                     },
                 },
             },
@@ -106,9 +111,14 @@ def upstream_style_config() -> dict:
             "prefetch_factor": 8,
             "persistent_workers": True,
             "timeout": 0,
+            "instance_filter": {
+                "repetition_max_period": 13,
+                "repetition_min_period": 1,
+                "repetition_max_count": 32,
+            },
             "paths": [
-                "https://olmo-data.org/preprocessed/cc_en_head/v1_5/gpt-neox-olmo-dolma-v1_5/part-000-00000.npy",
-                "https://olmo-data.org/preprocessed/cc_en_head/v1_5/gpt-neox-olmo-dolma-v1_5/part-001-00000.npy",
+                "s3://ai2-llm/preprocessed/dolma/v1_7/part-000-00000.npy",
+                "s3://ai2-llm/preprocessed/dolma/v1_7/part-000-00001.npy",
             ],
         },
     }
