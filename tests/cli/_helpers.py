@@ -1,7 +1,10 @@
-"""Running the installed `olmo` entry point in a subprocess, as a user's shell does."""
+"""Running the installed `olmo` entry point in a subprocess, as a user's shell does, or its `main` in
+this process where a test needs only what it prints and exits with."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -46,6 +49,23 @@ def run_olmo(*args: str, cwd: Path | None = None, **env: str) -> subprocess.Comp
         text=True,
         timeout=120,
     )
+
+
+def run_olmo_here(*args: str) -> subprocess.CompletedProcess[str]:
+    """`olmo ARGS` through the same entry point (`main`, with its one-line error rendering) in this
+    process: the exit code, stdout and stderr a subprocess would give, without the second or two a
+    fresh interpreter spends importing torch. For what needs a process of its own (signals, memory
+    caps, imports, the console script itself) use `run_olmo`."""
+    from olmo_cli.app import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main(list(args))
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    return subprocess.CompletedProcess(["olmo", *args], code, out.getvalue(), err.getvalue())
 
 
 def run_watched(
