@@ -1,6 +1,9 @@
 """Damaged and hostile checkpoint files: a truncated newest checkpoint names itself and the one to use
 instead; a legacy-format pickle is refused naming the global it asked for; weight files are written
-with the permissions the umask gives any file."""
+with the permissions the umask gives any file.
+
+One refusal of each kind runs the installed `olmo` in a process of its own; the rest run its `main` in
+this process (the same exit code and messages, without a second interpreter's import of torch)."""
 
 from __future__ import annotations
 
@@ -11,7 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.security._checkpoints import assert_one_error, olmo, trained_run
+from tests.cli._helpers import run_olmo_here
+from tests.security._checkpoints import assert_one_error, olmo
 
 
 @pytest.fixture(scope="module")
@@ -37,12 +41,11 @@ def test_a_truncated_newest_checkpoint_names_its_step_and_suggests_the_previous(
     text = assert_one_error(proc, 4, "step4-unsharded", "previous checkpoint")
     assert str(run / "step2-unsharded") in text
     # The suggestion works as given.
-    proc = olmo(
-        "resume", str(run), "--load-path", str(run / "step2-unsharded"), "--set", "stop_at=3", cwd=tmp_path
-    )
+    previous = str(run / "step2-unsharded")
+    proc = run_olmo_here("resume", str(run), "--load-path", previous, "--set", "stop_at=3")
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
-    proc = olmo("generate", str(run), "--prompt", "1 2", "--max-new-tokens", "2", cwd=tmp_path)
+    proc = run_olmo_here("generate", str(run), "--prompt", "1 2", "--max-new-tokens", "2")
     assert_one_error(proc, 4, "step4-unsharded", "step3-unsharded")  # the resume above saved step 3
 
 
@@ -56,8 +59,7 @@ class _Payload:
 
 @pytest.mark.parametrize("protocol", [2])  # torch writes legacy files with 2; it cannot read 4 there
 @pytest.mark.parametrize("name", ["model.pt", "train.pt"])
-def test_a_legacy_format_pickle_is_refused_naming_the_global(tmp_path, protocol, name):
-    checkpoint = trained_run(tmp_path)
+def test_a_legacy_format_pickle_is_refused_naming_the_global(checkpoint, tmp_path, protocol, name):
     marker = tmp_path / "pwned"
     from olmo_cli.checkpoint.unsharded import read_unsharded
 
@@ -72,20 +74,20 @@ def test_a_legacy_format_pickle_is_refused_naming_the_global(tmp_path, protocol,
         value = dict(payload, evil=_Payload(marker)) if file == name else payload
         torch.save(value, checkpoint / file, _use_new_zipfile_serialization=False, pickle_protocol=protocol)
 
-    proc = olmo("resume", str(checkpoint.parent), "--set", "stop_at=3", cwd=tmp_path)
+    args = ("resume", str(checkpoint.parent), "--set", "stop_at=3")
+    proc = olmo(*args, cwd=tmp_path) if name == "train.pt" else run_olmo_here(*args)
 
     assert_one_error(proc, 4, "system", "refused without running")
     assert not marker.exists()
 
 
-def test_weight_files_get_the_umask_mode(tmp_path):
-    checkpoint = trained_run(tmp_path)
+def test_weight_files_get_the_umask_mode(checkpoint, tmp_path):
     expected = 0o666 & ~_umask()
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in checkpoint.iterdir() if p.is_file()}
     assert {"model.safetensors", "optim.safetensors"} <= modes.keys()
     assert all(mode == expected for mode in modes.values()), modes
     out = tmp_path / "hf"
-    proc = olmo("convert-hf", str(checkpoint), "--output", str(out), cwd=tmp_path)
+    proc = run_olmo_here("convert-hf", str(checkpoint), "--output", str(out))
     assert proc.returncode == 0, proc.stderr
     assert stat.S_IMODE((out / "model.safetensors").stat().st_mode) == expected
 
@@ -102,9 +104,9 @@ def test_an_invalid_setting_in_a_runs_config_is_the_checkpoints_fault_one_from_s
     config = checkpoint.parent / "config.yaml"
     good = config.read_text()
     config.write_text(good.replace("  n_layers: 2\n", "  n_layers: -2\n", 1))
-    proc = olmo("resume", str(checkpoint.parent), "--set", "stop_at=3", cwd=tmp_path)
+    proc = run_olmo_here("resume", str(checkpoint.parent), "--set", "stop_at=3")
     assert_one_error(proc, 4, "model.n_layers", str(config))
 
     config.write_text(good)
-    proc = olmo("resume", str(checkpoint.parent), "--set", "model.n_layers=-2", cwd=tmp_path)
+    proc = run_olmo_here("resume", str(checkpoint.parent), "--set", "model.n_layers=-2")
     assert_one_error(proc, 2, "model.n_layers", "(from --set)")

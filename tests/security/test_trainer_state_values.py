@@ -13,6 +13,7 @@ import torch
 
 from olmo_cli.checkpoint.unsharded import read_unsharded
 from olmo_cli.errors import CheckpointError
+from tests.cli._helpers import run_olmo_here
 from tests.security._checkpoints import assert_one_error, edit_train_pt, olmo
 
 
@@ -64,9 +65,9 @@ def test_a_bad_trainer_state_value_is_refused_naming_the_field(checkpoint, case)
     assert "train.pt" in message and (repr(field) if "." not in field else field) in message, message
 
 
-def test_a_bad_counter_through_resume_is_one_message_with_exit_4(checkpoint, tmp_path):
+def test_a_bad_counter_through_resume_is_one_message_with_exit_4(checkpoint):
     _forge(checkpoint, "global_step", 2**70)
-    proc = olmo("resume", str(checkpoint.parent), "--set", "stop_at=3", cwd=tmp_path)
+    proc = run_olmo_here("resume", str(checkpoint.parent), "--set", "stop_at=3")
     assert_one_error(proc, 4, "train.pt", "'global_step'")
 
 
@@ -110,6 +111,7 @@ def test_a_forged_numpy_dtype_is_refused_before_its_data_is_read(checkpoint, tmp
     _write_forged(checkpoint)
     with pytest.raises(CheckpointError, match="NumPy array"):
         read_unsharded(checkpoint, load_optim=False)
+    # In a process of its own: should the check fail, the crash must not take the test run with it.
     proc = olmo("resume", str(checkpoint.parent), "--set", "stop_at=3", cwd=tmp_path)
     assert proc.returncode != -11, "the forged array was read: the interpreter crashed"
     assert_one_error(proc, 4, "NumPy array", "refused")
