@@ -14,23 +14,10 @@ from typing import Any
 import safetensors.torch
 import torch
 
-from olmo_cli.config.schema import ModelConfig
+from tests._fixtures import model_config
 
-TINY = ModelConfig(
-    d_model=16,
-    n_heads=2,
-    n_layers=2,
-    mlp_ratio=4,
-    rope=True,
-    include_bias=False,
-    layer_norm_with_affine=False,
-    attention_dropout=0.0,
-    residual_dropout=0.0,
-    embedding_dropout=0.0,
-    vocab_size=50,
-    embedding_size=64,
-    weight_tying=False,
-    max_sequence_length=32,
+TINY = model_config(
+    d_model=16, n_heads=2, vocab_size=50, embedding_size=64, weight_tying=False, max_sequence_length=32
 )
 
 TINY_CONFIG_YAML = """\

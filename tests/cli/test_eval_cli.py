@@ -56,9 +56,10 @@ def test_perplexity_on_raw_text(trained):
 
 @pytest.fixture(scope="module")
 def bpe_checkpoint(tmp_path_factory):
-    from tests.convert._helpers import tiny_train_config, write_native
+    from tests._fixtures import write_checkpoint
+    from tests.convert._helpers import tiny_train_config
 
-    path, _ = write_native(tmp_path_factory.mktemp("bpe"), tiny_train_config())
+    path, _ = write_checkpoint(tmp_path_factory.mktemp("bpe"), tiny_train_config())
     return path
 
 

@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from tests.quant._helpers import tiny_config, write_checkpoint, write_tokens
+from tests._fixtures import write_checkpoint
+from tests.quant._helpers import quant_config, write_tokens
 
 from ._helpers import run_olmo
 
@@ -15,7 +16,7 @@ from ._helpers import run_olmo
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
     root = tmp_path_factory.mktemp("quantize-cli")
-    path, _ = write_checkpoint(root, tiny_config(), seed=5)
+    path, _ = write_checkpoint(root, quant_config(), seed=5)
     return path, write_tokens(root / "val", vocab=4096, instances=12)
 
 

@@ -14,19 +14,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests._fixtures import SMALL_ARGS
 from tests.train._runs import SEQ, pattern_tokens, write_token_dir
 
 from ._helpers import ROOT, clean_env, olmo_executable, run_olmo
 
-SMALL = [
-    "--preset",
-    "tiny",
-    *("--set", "model.d_model=32", "--set", "model.n_heads=4", "--set", "model.n_layers=2"),
-    *("--set", f"model.max_sequence_length={SEQ}", "--set", "model.vocab_size=60"),
-    *("--set", "model.embedding_size=64", "--set", "global_train_batch_size=8"),
-    *("--set", "device_train_microbatch_size=4", "--set", "precision=fp32", "--set", "evaluators=[]"),
-    *("--set", "speed_monitor.gpu_flops_available=1e12", "--no-wandb"),
-]
+SMALL = [*SMALL_ARGS, "--set", "global_train_batch_size=8", "--set", "device_train_microbatch_size=4"]
 
 
 @pytest.fixture

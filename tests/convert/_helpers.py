@@ -1,4 +1,5 @@
-"""Small native checkpoints for the conversion tests: the tiny preset shrunk, with the built-in tokenizer."""
+"""The conversion tests' model (the tiny preset shrunk, with the built-in tokenizer; written with
+`tests._fixtures.write_checkpoint`) and a capture of what transformers logs."""
 
 from __future__ import annotations
 
@@ -6,33 +7,16 @@ import io
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
-from olmo_cli.checkpoint.unsharded import write_unsharded
-from olmo_cli.config.loader import load_config
 from olmo_cli.config.schema import TrainConfig
-from olmo_cli.config.yamlio import dump_yaml
-from olmo_cli.model.olmo import OLMo, build_model
+from tests._fixtures import tiny_config
 
 
 def tiny_train_config(*overrides: str) -> TrainConfig:
-    base = [
-        "model.d_model=64",
-        "model.n_layers=2",
-        "model.max_sequence_length=128",
-        # A large init std: logits far apart, so agreement is not an accident of near-zero activations.
-        "model.init_fn=normal",
-        "model.init_std=0.3",
-    ]
-    return load_config(preset="tiny", overrides=[*base, *overrides]).config
-
-
-def write_native(directory: Path, cfg: TrainConfig, seed: int = 0) -> tuple[Path, OLMo]:
-    model = build_model(cfg.model, seed=seed).eval()
-    path = write_unsharded(
-        directory / "step0-unsharded", model.state_dict(), None, None, dump_yaml(cfg.model_dump(mode="json"))
-    )
-    return path, model
+    """The tiny preset at d_model 64, 2 layers, 128 positions, with a large init std: logits far apart,
+    so agreement is not an accident of near-zero activations."""
+    base = ["model.d_model=64", "model.n_layers=2", "model.max_sequence_length=128"]
+    return tiny_config(*base, "model.init_fn=normal", "model.init_std=0.3", *overrides)
 
 
 @contextmanager

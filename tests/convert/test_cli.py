@@ -9,9 +9,10 @@ import subprocess
 import pytest
 
 from olmo_cli.app import main
+from tests._fixtures import write_checkpoint
 from tests.cli._helpers import run_olmo as run_subprocess
 
-from ._helpers import tiny_train_config, write_native
+from ._helpers import tiny_train_config
 
 
 @pytest.fixture
@@ -30,7 +31,7 @@ def run_olmo(capsys):
 
 
 def test_convert_both_ways_then_generate_the_same_text(tmp_path, run_olmo) -> None:
-    native_dir, _ = write_native(tmp_path, tiny_train_config("model.weight_tying=false"))
+    native_dir, _ = write_checkpoint(tmp_path, tiny_train_config("model.weight_tying=false"))
     out = run_olmo(
         "convert-hf", str(tmp_path), "--output", str(tmp_path / "hf"), "--max-shard-size", "300KB", "--json"
     )
@@ -61,7 +62,7 @@ def test_convert_both_ways_then_generate_the_same_text(tmp_path, run_olmo) -> No
 
 
 def test_generate_stop_string_chat_and_sampling(tmp_path, run_olmo) -> None:
-    native_dir, _ = write_native(tmp_path, tiny_train_config())
+    native_dir, _ = write_checkpoint(tmp_path, tiny_train_config())
     free = json.loads(run_olmo("generate", str(native_dir), "-p", "Once", "-n", "20", "--json").stdout)
     text = free["results"][0]["completion"]
     stop = text[len(text) // 2 : len(text) // 2 + 3]
@@ -100,6 +101,6 @@ def test_user_errors(tmp_path, run_olmo) -> None:
     )
     out = run_olmo("generate", str(tmp_path / "nothing"), "-p", "x")
     assert out.returncode == 4 and "does not exist" in out.stderr
-    native_dir, _ = write_native(tmp_path, tiny_train_config())
+    native_dir, _ = write_checkpoint(tmp_path, tiny_train_config())
     out = run_olmo("generate", str(native_dir))
     assert out.returncode == 2 and "--prompt" in out.stderr

@@ -15,8 +15,9 @@ from olmo_cli.data.tokenizer import resolve_tokenizer
 from olmo_cli.errors import UsageError
 from olmo_cli.load.build import load_tokenizer
 from olmo_cli.load.read import read_checkpoint
+from tests._fixtures import write_checkpoint
 
-from ._helpers import tiny_train_config, transformers_log, write_native
+from ._helpers import tiny_train_config, transformers_log
 
 CASES = [
     pytest.param(["model.weight_tying=true"], id="tied"),
@@ -32,7 +33,7 @@ TEXTS = ["The quick brown fox jumps over the lazy dog.", "  def f(x):\n\treturn 
 
 def export(tmp_path, overrides, **kwargs):
     cfg = tiny_train_config(*overrides)
-    native_dir, model = write_native(tmp_path, cfg)
+    native_dir, model = write_checkpoint(tmp_path, cfg)
     found = read_checkpoint(native_dir)
     result = export_hf(found, load_tokenizer(found), tmp_path / "hf", **kwargs)
     return cfg, model, result
@@ -100,7 +101,7 @@ def test_bf16_export(tmp_path) -> None:
 
 def test_existing_output_needs_overwrite(tmp_path) -> None:
     cfg = tiny_train_config()
-    native_dir, _ = write_native(tmp_path, cfg)
+    native_dir, _ = write_checkpoint(tmp_path, cfg)
     found = read_checkpoint(native_dir)
     (tmp_path / "hf").mkdir()
     (tmp_path / "hf" / "keep.txt").write_text("x")

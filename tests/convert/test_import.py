@@ -16,9 +16,9 @@ from olmo_cli.convert.import_hf import read_hf, write_native
 from olmo_cli.errors import CheckpointError, UsageError
 from olmo_cli.load.build import load_model, load_tokenizer
 from olmo_cli.load.read import read_checkpoint
+from tests._fixtures import write_checkpoint
 
 from ._helpers import tiny_train_config
-from ._helpers import write_native as write_native_checkpoint
 
 ARCH_FIELDS = (
     "d_model",
@@ -50,7 +50,7 @@ ARCH_FIELDS = (
 )
 def test_native_to_hf_to_native_is_bit_identical(tmp_path, overrides) -> None:
     cfg = tiny_train_config(*overrides)
-    native_dir, _ = write_native_checkpoint(tmp_path, cfg)
+    native_dir, _ = write_checkpoint(tmp_path, cfg)
     found = read_checkpoint(native_dir)
     export_hf(found, load_tokenizer(found), tmp_path / "hf", max_shard_bytes=250_000)
     back = write_native(read_hf(tmp_path / "hf"), tmp_path / "back" / "step0-unsharded")
@@ -95,7 +95,7 @@ def test_transformers_save_pretrained_imports_with_equal_logits(tmp_path, tied) 
 
 def test_hf_directory_loads_directly_for_generate(tmp_path) -> None:
     cfg = tiny_train_config("model.weight_tying=false")
-    native_dir, model = write_native_checkpoint(tmp_path, cfg)
+    native_dir, model = write_checkpoint(tmp_path, cfg)
     found = read_checkpoint(native_dir)
     export_hf(found, load_tokenizer(found), tmp_path / "hf")
     hf_found = read_checkpoint(tmp_path / "hf")
@@ -180,7 +180,7 @@ def test_pytorch_model_bin_weights_import_like_safetensors(tmp_path) -> None:
     """Older HF directories hold `pytorch_model.bin` (a pickle); it is read through the restricted unpickler
     and gives the same native weights as the safetensors copy of the same model."""
     cfg = tiny_train_config()
-    native_dir, _ = write_native_checkpoint(tmp_path, cfg)
+    native_dir, _ = write_checkpoint(tmp_path, cfg)
     found = read_checkpoint(native_dir)
     export_hf(found, load_tokenizer(found), tmp_path / "hf", max_shard_bytes=10**12)
     from_safetensors = read_hf(tmp_path / "hf")

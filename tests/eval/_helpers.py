@@ -1,4 +1,5 @@
-"""Small models, tokenizers and package layouts for the eval tests (all made here, nothing downloaded)."""
+"""Tokenizers, package layouts and reference scores for the eval tests (all made here, nothing downloaded;
+the small models are tests/_fixtures.py's)."""
 
 from __future__ import annotations
 
@@ -9,40 +10,11 @@ from pathlib import Path
 
 import torch
 
-from olmo_cli.config.schema import ModelConfig
 from olmo_cli.data.tokenizer import ResolvedTokenizer, from_json_bytes
-from olmo_cli.model.olmo import OLMo, build_model
+from olmo_cli.model.olmo import OLMo
 
 DATA = Path(__file__).with_name("data")
 FAKE_PACKAGE = DATA / "fake_package"
-
-
-def model_config(vocab: int = 64, **updates) -> ModelConfig:
-    base = dict(
-        d_model=32,
-        n_heads=4,
-        n_layers=2,
-        mlp_ratio=4,
-        vocab_size=vocab,
-        embedding_size=vocab,
-        max_sequence_length=64,
-        rope=True,
-        include_bias=False,
-        weight_tying=True,
-        layer_norm_with_affine=False,
-        attention_dropout=0.0,
-        residual_dropout=0.0,
-        embedding_dropout=0.0,
-        init_std=0.3,
-        eos_token_id=0,
-        pad_token_id=1,
-    )
-    base.update(updates)
-    return ModelConfig(**base)
-
-
-def tiny_model(vocab: int = 64, seed: int = 0, **updates) -> OLMo:
-    return build_model(model_config(vocab, **updates), "cpu", seed=seed).eval()
 
 
 def word_tokenizer(words: list[str]) -> ResolvedTokenizer:

@@ -13,13 +13,11 @@ from pathlib import Path
 
 import torch
 
-from olmo_cli.checkpoint.unsharded import write_unsharded
-from olmo_cli.config.loader import load_config
 from olmo_cli.config.schema import TrainConfig
-from olmo_cli.config.yamlio import dump_yaml
 from olmo_cli.eval.formats import Doc
 from olmo_cli.eval.taskfile import TaskData, write_task_file
 from olmo_cli.model.olmo import OLMo, build_model
+from tests._fixtures import tiny_config, write_checkpoint
 from tests.eval._helpers import one_thread, word_tokenizer
 
 KEYS = [f"k{i}" for i in range(8)]
@@ -30,18 +28,11 @@ VOCAB = 32
 
 
 def config(tokenizer_file: Path) -> TrainConfig:
-    overrides = [
-        "model.d_model=32",
-        "model.n_heads=4",
-        "model.n_layers=2",
-        "model.max_sequence_length=32",
-        f"model.vocab_size={VOCAB}",
-        f"model.embedding_size={VOCAB}",
-        "model.eos_token_id=0",
-        "model.pad_token_id=1",
-        f"tokenizer.identifier={tokenizer_file}",
-    ]
-    return load_config(preset="tiny", overrides=overrides).config
+    return tiny_config(
+        *("model.d_model=32", "model.n_heads=4", "model.n_layers=2", "model.max_sequence_length=32"),
+        *(f"model.vocab_size={VOCAB}", f"model.embedding_size={VOCAB}"),
+        *("model.eos_token_id=0", "model.pad_token_id=1", f"tokenizer.identifier={tokenizer_file}"),
+    )
 
 
 def train(model: OLMo, tokenizer, steps: int = 60, seed: int = 0) -> OLMo:
@@ -78,13 +69,7 @@ def trained_checkpoint(directory: Path) -> tuple[Path, OLMo]:
     cfg = config(tokenizer_file)
     with one_thread():
         model = train(build_model(cfg.model, seed=0), tokenizer)
-    path = write_unsharded(
-        directory / "step60-unsharded",
-        model.state_dict(),
-        None,
-        None,
-        dump_yaml(cfg.model_dump(mode="json")),
-    )
+    path, _ = write_checkpoint(directory, cfg, model=model, name="step60-unsharded")
     (path / "tokenizer.json").write_text(tokenizer.json_text)
     return path, model
 

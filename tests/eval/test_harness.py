@@ -22,10 +22,11 @@ from olmo_cli.errors import NetworkError, UsageError  # noqa: E402
 from olmo_cli.eval.formats import Doc  # noqa: E402
 from olmo_cli.eval.harness import export_harness_task, harness_lm, run_harness  # noqa: E402
 from olmo_cli.eval.taskfile import TaskData  # noqa: E402
-from olmo_cli.load.build import load_model, load_tokenizer
+from olmo_cli.load.build import load_model, load_tokenizer  # noqa: E402
 from olmo_cli.load.read import read_checkpoint  # noqa: E402
+from tests._fixtures import write_checkpoint  # noqa: E402
 from tests.cli._helpers import run_olmo  # noqa: E402
-from tests.convert._helpers import tiny_train_config, write_native  # noqa: E402
+from tests.convert._helpers import tiny_train_config  # noqa: E402
 
 OFFLINE = {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
@@ -33,7 +34,7 @@ OFFLINE = {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFL
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("harness")
-    native, _ = write_native(root, tiny_train_config())
+    native, _ = write_checkpoint(root, tiny_train_config())
     found = read_checkpoint(native)
     export_hf(found, load_tokenizer(found), root / "hf")
     docs = [

@@ -11,11 +11,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from olmo_cli.config.schema import ModelConfig
 from olmo_cli.data.dataset import MemmapDataset
 from olmo_cli.errors import DataError
 from olmo_cli.eval.perplexity import evaluate_perplexity
 from olmo_cli.model.olmo import build_model
+from tests._fixtures import model_config
 
 SEQ, VOCAB = 16, 64
 
@@ -29,12 +29,7 @@ class FakeWorld:
 
 @pytest.fixture(scope="module")
 def model():
-    cfg = ModelConfig(
-        d_model=32, n_heads=4, n_layers=2, vocab_size=VOCAB, embedding_size=VOCAB,
-        max_sequence_length=SEQ, rope=True, include_bias=False, layer_norm_with_affine=False,
-        attention_dropout=0.0, residual_dropout=0.0, embedding_dropout=0.0, init_std=0.2,
-    )  # fmt: skip
-    model = build_model(cfg, "cpu", seed=0)
+    model = build_model(model_config(VOCAB, max_sequence_length=SEQ, init_std=0.2), "cpu", seed=0)
     model.train()
     return model
 

@@ -18,7 +18,8 @@ from olmo_cli.eval.perplexity_sources import (
     predicted_tokens,
     token_byte_lengths,
 )
-from tests.eval._helpers import builtin_tokenizer, tiny_model
+from tests._fixtures import tiny_model
+from tests.eval._helpers import builtin_tokenizer
 
 SEQ = 16
 TEXTS = [
@@ -35,7 +36,7 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def model():
-    return tiny_model(vocab=4096, seed=5)
+    return tiny_model(vocab=4096, seed=5, init_std=0.3)
 
 
 def _stream(tokenizer) -> np.ndarray:
@@ -129,7 +130,7 @@ def test_token_ids_beyond_the_model_are_a_data_error(tmp_path, tokenizer):
     np.array([5, 60000, 7], dtype="<u2").tofile(path)
     with pytest.raises(DataError, match="token id 60000 is outside the model's 4096 embeddings"):
         evaluate_source(
-            tiny_model(vocab=4096),
+            tiny_model(vocab=4096, init_std=0.3),
             open_source(str(path), tokenizer, "uint16"),
             np.zeros(4096, dtype=np.int64),
             seq_len=SEQ,

@@ -10,7 +10,8 @@ import torch
 from olmo_cli.eval.formats import Doc
 from olmo_cli.eval.requests import build_requests
 from olmo_cli.eval.scoring import plan_rows, score_requests
-from tests.eval._helpers import reference_loglikelihood, tiny_model
+from tests._fixtures import tiny_model
+from tests.eval._helpers import reference_loglikelihood
 
 EOS, PAD = 0, 1
 
@@ -44,7 +45,7 @@ def _reference(model, docs, max_length):
 
 @pytest.fixture(scope="module")
 def model():
-    return tiny_model(seed=3)
+    return tiny_model(seed=3, init_std=0.3)
 
 
 @pytest.mark.parametrize("batch_size", [1, 3, 64])
@@ -58,7 +59,7 @@ def test_loglikelihoods_equal_plain_forward_passes(model, batch_size):
 
 
 def test_full_logits_path_and_untied_scaled_output(model):
-    untied = tiny_model(seed=4, weight_tying=False, scale_logits=True)
+    untied = tiny_model(seed=4, weight_tying=False, scale_logits=True, init_std=0.3)
     reqs = build_requests(DOCS, encode, EOS, MAX_LENGTH)
     for m in (model, untied):
         expected, _ = _reference(m, DOCS, MAX_LENGTH)

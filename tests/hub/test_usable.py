@@ -12,10 +12,9 @@ import numpy as np
 import torch
 
 from olmo_cli.checkpoint.unsharded import read_unsharded, write_unsharded
-from olmo_cli.config.loader import load_config
-from olmo_cli.config.schema import TrainConfig
 from olmo_cli.config.yamlio import dump_yaml
 from olmo_cli.model.olmo import build_model
+from tests._fixtures import tiny_config
 from tests._http_server import Server
 from tests.cli._helpers import ROOT, olmo_executable
 
@@ -31,13 +30,9 @@ TINY_OVERRIDES = [
 ]
 
 
-def tiny_config() -> TrainConfig:
-    return load_config(preset="tiny", overrides=TINY_OVERRIDES).config
-
-
 def tiny_checkpoint(directory: Path, step: int = 2) -> Path:
     """A real checkpoint in the upstream layout: a tiny model after `step` AdamW steps."""
-    cfg = tiny_config()
+    cfg = tiny_config(*TINY_OVERRIDES)
     model = build_model(cfg.model, seed=0)
     optimizer = torch.optim.AdamW(model.named_parameters(), lr=1e-3, betas=(0.9, 0.95), eps=1e-5)
     tokens = torch.randint(0, cfg.model.vocab_size, (4, 16), generator=torch.Generator().manual_seed(0))
@@ -86,7 +81,7 @@ def test_a_downloaded_checkpoint_reads_back_bit_identical_and_converts(
     proc = run_cli("download", "--index", index, "--step", "2", "-o", str(dest), "-q", tmp=tmp_path)
     assert proc.returncode == 0, proc.stderr
     downloaded = dest / "step2-unsharded"
-    model_config = tiny_config().model
+    model_config = tiny_config(*TINY_OVERRIDES).model
     want = read_unsharded(source, model_config=model_config)
     got = read_unsharded(downloaded, model_config=model_config)
     assert_same(got.model, want.model)

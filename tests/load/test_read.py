@@ -12,14 +12,15 @@ from olmo_cli.convert.export import export_hf
 from olmo_cli.errors import CheckpointError
 from olmo_cli.load.build import load_tokenizer
 from olmo_cli.load.read import read_checkpoint, read_checkpoint_config, refuse_kinds
-from tests.convert._helpers import tiny_train_config, write_native
+from tests._fixtures import write_checkpoint
+from tests.convert._helpers import tiny_train_config
 
 
 @pytest.fixture(scope="module")
 def native(tmp_path_factory):
     root = tmp_path_factory.mktemp("native")
     cfg = tiny_train_config()
-    path, model = write_native(root / "run", cfg)
+    path, model = write_checkpoint(root / "run", cfg)
     return path, cfg, {k: v.detach() for k, v in model.state_dict().items()}
 
 

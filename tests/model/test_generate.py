@@ -18,35 +18,17 @@ from olmo_cli.model.generate import (
     warp_logits,
 )
 from olmo_cli.model.olmo import OLMo, build_model
+from tests._fixtures import model_config
 
 VOCAB = 512
 NEW = 24
 
 
 def config(**overrides: object) -> ModelConfig:
-    fields: dict[str, object] = dict(
-        d_model=64,
-        n_heads=4,
-        n_layers=2,
-        vocab_size=VOCAB,
-        embedding_size=VOCAB,
-        max_sequence_length=128,
-        rope=True,
-        include_bias=False,
-        layer_norm_with_affine=False,
-        attention_dropout=0.0,
-        residual_dropout=0.0,
-        embedding_dropout=0.0,
-        # A large std spreads the logits: the top two differ by far more than fp32 noise, so argmax
-        # comparisons between implementations are not decided by rounding.
-        init_fn="normal",
-        init_std=0.5,
-        weight_tying=False,
-        eos_token_id=0,
-        pad_token_id=1,
-    )
-    fields.update(overrides)
-    return ModelConfig(**fields)
+    sizes = dict(d_model=64, max_sequence_length=128, weight_tying=False)
+    # A large std spreads the logits: the top two differ by far more than fp32 noise, so argmax
+    # comparisons between implementations are not decided by rounding.
+    return model_config(VOCAB, **{**sizes, "init_fn": "normal", "init_std": 0.5, **overrides})
 
 
 PROMPTS = [[5, 17, 300, 42, 9, 77, 12], [250, 3], [11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21]]

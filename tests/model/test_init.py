@@ -10,26 +10,14 @@ import torch
 from olmo_cli.config.schema import ModelConfig
 from olmo_cli.model.init import Constant, Normal, init_rule, init_weights
 from olmo_cli.model.olmo import OLMo, build_model
+from tests._fixtures import model_config
 
 D, LAYERS, FUSED, VOCAB = 256, 4, 1024, 512  # SwiGLU: block ff_out fan-in FUSED/2
 
 
 def config(**overrides: object) -> ModelConfig:
-    fields: dict[str, object] = dict(
-        d_model=D,
-        n_heads=4,
-        n_layers=LAYERS,
-        mlp_hidden_size=FUSED,
-        vocab_size=VOCAB,
-        embedding_size=VOCAB,
-        rope=True,
-        include_bias=False,
-        layer_norm_with_affine=False,
-        weight_tying=False,
-        init_fn="mitchell",
-    )
-    fields.update(overrides)
-    return ModelConfig(**fields)
+    sizes = dict(d_model=D, n_layers=LAYERS, mlp_hidden_size=FUSED, weight_tying=False)
+    return model_config(VOCAB, **{**sizes, "init_fn": "mitchell", **overrides})
 
 
 def truncated_std(std: float, cutoff: float | None) -> float:

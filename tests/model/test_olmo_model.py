@@ -11,18 +11,9 @@ import torch
 from olmo_cli.config.schema import ModelConfig
 from olmo_cli.model.olmo import LayerNorm, OLMo, apply_rope, build_model, rope_tables
 from olmo_cli.model.state_dict import normalize_upstream_keys
+from tests._fixtures import OLMO_1_ARCH, model_config
 
-OLMO_1 = dict(
-    vocab_size=50280,
-    embedding_size=50304,
-    rope=True,
-    include_bias=False,
-    layer_norm_with_affine=False,
-    attention_dropout=0.0,
-    residual_dropout=0.0,
-    embedding_dropout=0.0,
-    init_fn="mitchell",
-)
+OLMO_1 = dict(vocab_size=50280, embedding_size=50304, init_fn="mitchell", **OLMO_1_ARCH)
 PRESETS = {
     "1b": ModelConfig(d_model=2048, n_heads=16, n_layers=16, mlp_ratio=8, weight_tying=True, **OLMO_1),
     "7b": ModelConfig(
@@ -83,23 +74,8 @@ def test_preset_inventory_on_meta(preset: str) -> None:
 
 
 def small(**overrides: object) -> ModelConfig:
-    fields: dict[str, object] = dict(
-        d_model=64,
-        n_heads=4,
-        n_layers=2,
-        vocab_size=100,
-        embedding_size=128,
-        max_sequence_length=64,
-        rope=True,
-        include_bias=False,
-        layer_norm_with_affine=False,
-        attention_dropout=0.0,
-        residual_dropout=0.0,
-        embedding_dropout=0.0,
-        init_fn="mitchell",
-    )
-    fields.update(overrides)
-    return ModelConfig(**fields)
+    sizes = dict(d_model=64, vocab_size=100, embedding_size=128)
+    return model_config(**{**sizes, "init_fn": "mitchell", **overrides})
 
 
 def tokens(batch: int = 2, seq: int = 24, seed: int = 0) -> torch.Tensor:

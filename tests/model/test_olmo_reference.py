@@ -10,33 +10,15 @@ import transformers  # the dev extra installs it: a missing reference fails, nev
 from olmo_cli.config.schema import ModelConfig
 from olmo_cli.convert.hf import from_hf_state_dict, hf_config_dict, to_hf_state_dict
 from olmo_cli.model.olmo import OLMo, build_model
+from tests._fixtures import model_config
 
 VOCAB, BATCH, SEQ = 100, 2, 32
 
 
 def tiny_config(**overrides: object) -> ModelConfig:
-    fields: dict[str, object] = dict(
-        d_model=64,
-        n_heads=4,
-        n_layers=3,
-        mlp_ratio=4,
-        vocab_size=VOCAB,
-        embedding_size=128,
-        max_sequence_length=64,
-        rope=True,
-        include_bias=False,
-        layer_norm_with_affine=False,
-        attention_dropout=0.0,
-        residual_dropout=0.0,
-        embedding_dropout=0.0,
-        # `normal` with a large std: activations big enough that a wrong detail shows in the logits.
-        init_fn="normal",
-        init_std=0.1,
-        pad_token_id=1,
-        eos_token_id=2,
-    )
-    fields.update(overrides)
-    return ModelConfig(**fields)
+    sizes = dict(d_model=64, n_layers=3, vocab_size=VOCAB, embedding_size=128, eos_token_id=2)
+    # `normal` with a large std: activations big enough that a wrong detail shows in the logits.
+    return model_config(**{**sizes, "init_fn": "normal", "init_std": 0.1, **overrides})
 
 
 def hf_reference(cfg: ModelConfig, native_sd: dict[str, torch.Tensor]) -> torch.nn.Module:

@@ -6,10 +6,10 @@ import torch
 
 from olmo_cli.config.derived import num_params
 from olmo_cli.config.loader import load_config
-from olmo_cli.config.schema import ModelConfig
 from olmo_cli.model.olmo import build_model
+from tests._fixtures import model_config
 
-SMALL = dict(d_model=64, n_heads=4, n_layers=2, vocab_size=100, embedding_size=128, rope=True)
+SMALL = dict(d_model=64, vocab_size=100, embedding_size=128)
 
 
 @pytest.mark.parametrize(
@@ -25,7 +25,7 @@ SMALL = dict(d_model=64, n_heads=4, n_layers=2, vocab_size=100, embedding_size=1
     ],
 )
 def test_count_matches_built_model(overrides):
-    cfg = ModelConfig(**{**SMALL, **overrides})
+    cfg = model_config(**{**SMALL, **overrides})
     model = build_model(cfg, "meta")
     built = sum(p.numel() for p in model.parameters())
     assert num_params(cfg) == built

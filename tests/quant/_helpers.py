@@ -1,5 +1,5 @@
-"""Small quantization fixtures: a checkpoint of the tiny preset shrunk (d_model 128, so int4 groups of
-128 fit every row), with the built-in tokenizer, and raw token files to score it on."""
+"""Small quantization fixtures: the tiny preset shrunk (d_model 128, so int4 groups of 128 fit every row),
+with the built-in tokenizer, quantized in memory, and raw token files to score it on."""
 
 from __future__ import annotations
 
@@ -8,28 +8,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from olmo_cli.checkpoint.unsharded import write_unsharded
-from olmo_cli.config.loader import load_config
 from olmo_cli.config.schema import TrainConfig
-from olmo_cli.config.yamlio import dump_yaml
-from olmo_cli.model.olmo import OLMo, build_model
+from olmo_cli.model.olmo import OLMo
 from olmo_cli.quant.model import build_quantized_model, quantize_state
 from olmo_cli.quant.settings import QuantLayout, QuantSettings
+from tests._fixtures import tiny_config
 
 SEQ = 32
 
 
-def tiny_config(*overrides: str) -> TrainConfig:
-    base = ["model.d_model=128", "model.n_layers=2", f"model.max_sequence_length={SEQ}"]
-    return load_config(preset="tiny", overrides=[*base, *overrides]).config
-
-
-def write_checkpoint(directory: Path, cfg: TrainConfig, seed: int = 0) -> tuple[Path, OLMo]:
-    model = build_model(cfg.model, seed=seed).eval()
-    path = write_unsharded(
-        directory / "step0-unsharded", model.state_dict(), None, None, dump_yaml(cfg.model_dump(mode="json"))
+def quant_config(*overrides: str) -> TrainConfig:
+    """The tiny preset at d_model 128 (int4 groups of 128 fit every row), 2 layers, SEQ positions."""
+    return tiny_config(
+        "model.d_model=128", "model.n_layers=2", f"model.max_sequence_length={SEQ}", *overrides
     )
-    return path, model
 
 
 def quantized(model: OLMo, settings: QuantSettings) -> tuple[OLMo, dict[str, torch.Tensor], QuantLayout]:

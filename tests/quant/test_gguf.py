@@ -18,13 +18,14 @@ from olmo_cli.load.read import read_checkpoint
 from olmo_cli.model.olmo import rope_tables, rotary
 from olmo_cli.quant.gguf_export import permute_for_llama_rope, write_gguf
 from olmo_cli.quant.gguf_vocab import bpe_vocab
+from tests._fixtures import write_checkpoint
 
-from ._helpers import tiny_config, write_checkpoint
+from ._helpers import quant_config
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    path, _ = write_checkpoint(tmp_path_factory.mktemp("gguf"), tiny_config(), seed=3)
+    path, _ = write_checkpoint(tmp_path_factory.mktemp("gguf"), quant_config(), seed=3)
     found = read_checkpoint(path)
     return found, load_tokenizer(found)
 
@@ -94,7 +95,7 @@ def test_q4_0_keeps_the_output_layer_at_q8_0(checkpoint, tmp_path):
 
 
 def test_untied_gqa_clipped_model_writes_output_and_clamp(tmp_path):
-    cfg = tiny_config("model.weight_tying=false", "model.n_kv_heads=2", "model.clip_qkv=8.0")
+    cfg = quant_config("model.weight_tying=false", "model.n_kv_heads=2", "model.clip_qkv=8.0")
     path, _ = write_checkpoint(tmp_path, cfg, seed=4)
     found = read_checkpoint(path)
     result = write_gguf(found, load_tokenizer(found), tmp_path / "m.gguf", file_type="f32")
@@ -139,7 +140,7 @@ def test_permutation_turns_half_split_rope_into_adjacent_pair_rope():
 
 
 def test_models_llama_cpp_cannot_run_are_refused(tmp_path):
-    path, _ = write_checkpoint(tmp_path, tiny_config("model.include_bias=true"))
+    path, _ = write_checkpoint(tmp_path, quant_config("model.include_bias=true"))
     found = read_checkpoint(path)
     with pytest.raises(UsageError, match="include_bias"):
         write_gguf(found, load_tokenizer(found), tmp_path / "m.gguf", file_type="f16")

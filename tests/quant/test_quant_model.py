@@ -18,17 +18,18 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from olmo_cli.errors import CheckpointError
-from olmo_cli.model.generate import GenerationSettings, generate_ids
 from olmo_cli.load.build import load_model, load_tokenizer, require_full_precision
 from olmo_cli.load.read import read_checkpoint
+from olmo_cli.model.generate import GenerationSettings, generate_ids
 from olmo_cli.model.olmo import build_model
 from olmo_cli.quant.checkpoint import write_quantized
 from olmo_cli.quant.model import quantize_state
 from olmo_cli.quant.modules import QuantEmbedding, QuantLinear
 from olmo_cli.quant.pack import dequantize_int4, dequantize_int8, quantize_int4, quantize_int8
 from olmo_cli.quant.settings import METADATA_KEY, SETTINGS_FILE, WEIGHTS_FILE, QuantLayout, QuantSettings
+from tests._fixtures import write_checkpoint
 
-from ._helpers import quantized, tiny_config, token_ids, write_checkpoint
+from ._helpers import quant_config, quantized, token_ids
 
 INT8 = QuantSettings("int8")
 INT4 = QuantSettings("int4", 128)
@@ -54,7 +55,7 @@ def _dequantized_copy(model, settings):
 
 @pytest.fixture(scope="module")
 def fp32_model():
-    return build_model(tiny_config().model, seed=0).eval()
+    return build_model(quant_config().model, seed=0).eval()
 
 
 @pytest.mark.parametrize("settings", [INT8, INT4], ids=["int8", "int4"])
@@ -78,7 +79,7 @@ def test_logits_within_tolerance_of_the_fp32_model(fp32_model, settings, toleran
 
 
 def test_untied_model_without_embedding_quantization():
-    model = build_model(tiny_config("model.weight_tying=false").model, seed=1).eval()
+    model = build_model(quant_config("model.weight_tying=false").model, seed=1).eval()
     qmodel, tensors, layout = quantized(model, QuantSettings("int8", embeddings=False))
     assert "transformer.wte" not in layout.modules and "transformer.wte.weight" in tensors
     assert isinstance(qmodel.transformer["ff_out"], QuantLinear)
@@ -89,7 +90,7 @@ def test_untied_model_without_embedding_quantization():
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
-    path, _ = write_checkpoint(tmp_path_factory.mktemp("src"), tiny_config(), seed=2)
+    path, _ = write_checkpoint(tmp_path_factory.mktemp("src"), quant_config(), seed=2)
     return path
 
 

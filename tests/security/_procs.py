@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+from tests._fixtures import SMALL_ARGS
 from tests.cli._helpers import clean_env, olmo_executable
 from tests.train._runs import SEQ, pattern_tokens, write_token_dir
 
@@ -19,13 +20,8 @@ MARKER_ENV = "OLMO_TEST_PROCESS_MARKER"
 
 # A model of a few thousand parameters on the CPU; batches split over 2 ranks.
 TINY = [
-    "--preset",
-    "tiny",
-    *("--set", "model.d_model=32", "--set", "model.n_heads=4", "--set", "model.n_layers=2"),
-    *("--set", f"model.max_sequence_length={SEQ}", "--set", "model.vocab_size=60"),
-    *("--set", "model.embedding_size=64", "--set", "global_train_batch_size=4"),
-    *("--set", "device_train_microbatch_size=1", "--set", "precision=fp32", "--set", "evaluators=[]"),
-    *("--set", "speed_monitor.gpu_flops_available=1e12", "--no-wandb", "--device", "cpu"),
+    *SMALL_ARGS,
+    *("--set", "global_train_batch_size=4", "--set", "device_train_microbatch_size=1", "--device", "cpu"),
 ]
 # Trains until stopped, saving every few steps.
 ENDLESS = ["--set", "max_duration=1000000", "--set", "stop_at=null", "--set", "save_interval=3"]

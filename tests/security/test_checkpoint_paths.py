@@ -129,8 +129,8 @@ def sharded_copy(checkpoint: Path, tmp_path: Path) -> Path:
     from olmo_cli.checkpoint.sharded import write_sharded
     from olmo_cli.config.loader import load_config
     from olmo_cli.model.olmo import build_model
-    from olmo_cli.world import init_world
     from olmo_cli.train.optim import build_optimizer
+    from olmo_cli.world import init_world
 
     cfg = load_config(config_file=checkpoint / "config.yaml").config
     model = build_model(cfg.model, "cpu")

@@ -269,26 +269,14 @@ def test_a_bool_in_an_int_field_of_a_file_names_the_field(tmp_path):
 @pytest.fixture(scope="session")
 def checkpoint_template(tmp_path_factory) -> Path:
     """An unsharded checkpoint of a 1-layer, 32-wide model (weights only: what generate reads)."""
-    from olmo_cli.checkpoint.unsharded import write_unsharded
-    from olmo_cli.config.loader import load_config
-    from olmo_cli.model.olmo import build_model
-    from olmo_cli.train.prepare import config_yaml
+    from tests._fixtures import tiny_config, write_checkpoint
 
-    overrides = [
-        "model.d_model=32",
-        "model.n_heads=4",
-        "model.n_layers=1",
-        "model.max_sequence_length=32",
-        "model.vocab_size=64",
-        "model.embedding_size=64",
-        "model.eos_token_id=0",
-        "model.pad_token_id=1",
-    ]
-    cfg = load_config(preset="tiny", overrides=overrides).config
-    model = build_model(cfg.model, seed=0)
-    root = tmp_path_factory.mktemp("bomb-ckpt") / "run" / "step1-unsharded"
-    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    return write_unsharded(root, state, None, None, config_yaml(cfg))
+    cfg = tiny_config(
+        *("model.d_model=32", "model.n_heads=4", "model.n_layers=1", "model.max_sequence_length=32"),
+        *("model.vocab_size=64", "model.embedding_size=64", "model.eos_token_id=0", "model.pad_token_id=1"),
+    )
+    root = tmp_path_factory.mktemp("bomb-ckpt") / "run"
+    return write_checkpoint(root, cfg, name="step1-unsharded")[0]
 
 
 def planted(template: Path, tmp_path: Path, name: str) -> Path:

@@ -28,9 +28,10 @@ def test_a_model_of_impossible_size_is_refused_before_the_run_directory_exists(t
 
 
 def test_a_kv_cache_of_impossible_size_is_refused_with_what_fits(tmp_path):
-    from tests.convert._helpers import tiny_train_config, write_native
+    from tests._fixtures import write_checkpoint
+    from tests.convert._helpers import tiny_train_config
 
-    checkpoint, _ = write_native(tmp_path, tiny_train_config())
+    checkpoint, _ = write_checkpoint(tmp_path, tiny_train_config())
     proc = olmo("generate", str(checkpoint), "--prompt", "1 2 3", "-n", str(10**12), cwd=tmp_path)
     text = assert_one_error(proc, 2, "--max-new-tokens 1,000,000,000,000", "KV cache", "at most about")
     fits = int(text.split("at most about ")[1].split()[0].replace(",", ""))

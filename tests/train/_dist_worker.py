@@ -19,12 +19,12 @@ from torch import nn
 from torch.optim import Optimizer
 
 from olmo_cli.config.schema import TrainConfig
-from olmo_cli.model.olmo import build_model
-from olmo_cli.world import World, all_reduce_sum, broadcast_object, close_world, init_world
 from olmo_cli.model.loss import cross_entropy_loss
+from olmo_cli.model.olmo import build_model
 from olmo_cli.train.optim import build_optimizer, clip_and_step
 from olmo_cli.train.parallelize import microbatch_sync, parallelize_model
-from tests.train._helpers import small
+from olmo_cli.world import World, all_reduce_sum, broadcast_object, close_world, init_world
+from tests._fixtures import small
 
 SEED = 1234
 GLOBAL_BATCH = 4

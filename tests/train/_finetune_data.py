@@ -11,44 +11,29 @@ from typing import Any
 
 import torch
 
-from olmo_cli.checkpoint.unsharded import write_unsharded
-from olmo_cli.config.schema import ModelConfig, TrainConfig
+from olmo_cli.config.schema import TrainConfig
 from olmo_cli.data.chat import render_prompt
 from olmo_cli.data.tokenize import TokenizeOptions, tokenize
 from olmo_cli.data.tokenizer import resolve_tokenizer
-from olmo_cli.model.generate import GenerationSettings, generate_ids
 from olmo_cli.load.build import load_model
 from olmo_cli.load.read import read_checkpoint
-from olmo_cli.model.olmo import build_model
+from olmo_cli.model.generate import GenerationSettings, generate_ids
 from olmo_cli.train.finetune import FinetuneRequest, build_finetune_config
-from olmo_cli.train.prepare import config_yaml
 from olmo_cli.train.run import RunOptions, RunResult, run
+from tests._fixtures import model_config, write_checkpoint
 
 TOKENIZER = "builtin:tiny-bpe-4096"  # eos 0, pad 1
 SEQ = 64
 
 # The same architecture as the tiny preset (no biases, non-parametric norms, RoPE, SwiGLU, tied), smaller.
-MODEL = {
-    "d_model": 64,
-    "n_heads": 4,
-    "n_layers": 2,
-    "mlp_ratio": 4,
-    "rope": True,
-    "include_bias": False,
-    "layer_norm_with_affine": False,
-    "bias_for_layer_norm": False,
-    "attention_layer_norm_with_affine": False,
-    "attention_dropout": 0.0,
-    "residual_dropout": 0.0,
-    "embedding_dropout": 0.0,
-    "vocab_size": 4096,
-    "embedding_size": 4096,
-    "eos_token_id": 0,
-    "pad_token_id": 1,
-    "max_sequence_length": SEQ,
-    "init_fn": "mitchell",
-    "weight_tying": True,
-}
+MODEL = model_config(
+    4096,
+    d_model=64,
+    max_sequence_length=SEQ,
+    init_fn="mitchell",
+    bias_for_layer_norm=False,
+    attention_layer_norm_with_affine=False,
+)
 
 
 def answer(digit: int, shift: int = 3) -> str:
@@ -79,7 +64,7 @@ def chat_data(directory: Path, conversations: int = 2000, seed: int = 0, shift: 
 def base_config(**updates: Any) -> TrainConfig:
     return TrainConfig(
         run_name="base",
-        model=ModelConfig(**MODEL),
+        model=MODEL,
         tokenizer={"identifier": TOKENIZER},
         global_train_batch_size=16,
         device_train_microbatch_size=4,
@@ -93,10 +78,7 @@ def base_config(**updates: Any) -> TrainConfig:
 
 def base_checkpoint(directory: Path, seed: int = 1, cfg: TrainConfig | None = None) -> Path:
     """A random-init model saved as one of our unsharded checkpoints (no optimizer or trainer state)."""
-    cfg = cfg or base_config()
-    path = directory / "step0-unsharded"
-    write_unsharded(path, build_model(cfg.model, seed=seed).state_dict(), None, None, config_yaml(cfg))
-    return path
+    return write_checkpoint(directory, cfg or base_config(), seed)[0]
 
 
 def finetune_config(base: Path, data: Path, save: Path, *overrides: str, **request: Any) -> TrainConfig:

@@ -12,10 +12,10 @@ import numpy as np
 from olmo_cli.config.schema import DataConfig, TrainConfig
 from olmo_cli.train.events import Event
 from olmo_cli.train.run import RunOptions, RunResult, run
-from tests.train._helpers import small
+from tests._fixtures import small
 
 SEQ = 16
-VOCAB = 60  # tests.train._helpers.SMALL: vocab 60 padded to 64
+VOCAB = 60  # tests._fixtures.SMALL: vocab 60 padded to 64
 
 
 def pattern_tokens(n: int, seed: int, vocab: int = VOCAB) -> np.ndarray:

@@ -14,8 +14,7 @@ from olmo_cli.train.clip import clip_grad_norm, total_grad_norm
 from olmo_cli.train.duration import scheduler_max
 from olmo_cli.train.optim import build_optimizer, clip_and_step
 from olmo_cli.train.schedule import grad_clip_threshold_at, lr_at
-
-from ._helpers import preset
+from tests._fixtures import preset
 
 SHAPES = [(5, 3), (1, 4), (8,), (3, 2, 2), (7, 1)]
 

@@ -17,6 +17,7 @@ import torch
 from olmo_cli.errors import UsageError
 from olmo_cli.model.olmo import build_model
 from olmo_cli.train import launch
+from olmo_cli.train.launch import strip_nproc_option, torchrun_argv
 from olmo_cli.world import (
     all_reduce_sum,
     barrier,
@@ -24,7 +25,6 @@ from olmo_cli.world import (
     close_world,
     init_world,
 )
-from olmo_cli.train.launch import strip_nproc_option, torchrun_argv
 from tests.train import _dist_worker as worker
 
 _TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")

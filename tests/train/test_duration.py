@@ -13,8 +13,7 @@ from olmo_cli.train.duration import (
     stop_step,
 )
 from olmo_cli.train.schedule import lr_at
-
-from ._helpers import preset
+from tests._fixtures import preset
 
 TOKENS_PER_STEP = 4_194_304
 

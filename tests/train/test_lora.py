@@ -30,6 +30,7 @@ from olmo_cli.model.lora import (
     write_adapter,
 )
 from olmo_cli.model.olmo import build_model
+from tests._fixtures import preset
 from tests.train._finetune_data import (
     base_checkpoint,
     base_config,
@@ -39,7 +40,6 @@ from tests.train._finetune_data import (
     losses,
     quiet,
 )
-from tests.train._helpers import preset
 
 ALL = LoRAConfig(rank=4, alpha=8.0, dropout=0.0)
 

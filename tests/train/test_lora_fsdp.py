@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from olmo_cli.checkpoint.unsharded import read_unsharded
 from olmo_cli.checkpoint.layout import ADAPTER_FILE
+from olmo_cli.checkpoint.unsharded import read_unsharded
 from olmo_cli.model.lora import is_adapter_name, read_adapter
 from tests.train._finetune_data import base_checkpoint, chat_data
 from tests.train._helpers import olmo_process

@@ -11,8 +11,7 @@ from olmo_cli.config.schema import TrainConfig
 from olmo_cli.model.olmo import build_model
 from olmo_cli.model.state_dict import clean_param_name
 from olmo_cli.train.optim import build_optimizer, param_groups
-
-from ._helpers import small
+from tests._fixtures import small
 
 LINEARS = ("att_proj", "attn_out", "ff_out", "ff_proj")
 

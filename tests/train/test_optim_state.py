@@ -14,12 +14,11 @@ from torch import nn
 
 from olmo_cli.config.schema import TrainConfig
 from olmo_cli.errors import CheckpointError
-from olmo_cli.model.olmo import OLMo, build_model
 from olmo_cli.model.loss import cross_entropy_loss
+from olmo_cli.model.olmo import OLMo, build_model
 from olmo_cli.train.optim import build_optimizer, clip_and_step
 from olmo_cli.train.optim_state import load_upstream_optimizer_state, upstream_optimizer_state
-
-from ._helpers import small
+from tests._fixtures import small
 
 
 def _batch(step: int, vocab: int) -> torch.Tensor:

@@ -13,7 +13,7 @@ import torch
 from olmo_cli.errors import ConfigError
 from olmo_cli.train import speed
 from olmo_cli.train.plan import batch_split, count_parameters_on_meta, make_plan
-from tests.train._helpers import preset
+from tests._fixtures import preset
 
 # OLMo-7B: d 4096, 32 layers, fused MLP 22016 (SwiGLU halves it to 11008), vocab 50304, untied, no biases.
 # One block: att_proj 4096*3*4096 + attn_out 4096*4096 + ff_proj 4096*22016 + ff_out 11008*4096.

@@ -9,8 +9,9 @@ import pytest
 
 from olmo_cli.config.schema import SchedulerConfig
 from olmo_cli.train.schedule import BoltOnWarmup, grad_clip_threshold_at, lr_at, warmup_start_lr
+from tests._fixtures import preset
 
-from ._helpers import preset, significant
+from ._helpers import significant
 
 TOKENS_PER_STEP = 4_194_304  # B·L of every OLMo-1 7B/1B preset: 2048 x 2048 and 1024 x 4096
 SEVEN_B_MAX_STEPS = 476_838  # ceil(2e12 / B·L); derived from max_duration in test_duration.py
