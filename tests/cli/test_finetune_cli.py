@@ -1,7 +1,10 @@
 """`olmo finetune` and `olmo finetune merge` through the real entry point: a checkpoint made by
 `olmo train` finetuned on `olmo data tokenize --chat` output, fully and with LoRA; the merged weights
 taken by `olmo generate`; user errors (a conflicting preset exits 2 naming the fields); and the one chat
-template shared by `olmo data tokenize --chat` and `olmo generate --chat`."""
+template shared by `olmo data tokenize --chat` and `olmo generate --chat`.
+
+The runs go through `main` in this process (`run_olmo_here`: the same exit codes and output without a
+fresh interpreter per command); two of the user errors run the installed `olmo` as a user's shell does."""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ import pytest
 
 from tests.train._finetune_data import TOKENIZER, answer, chat_data, question
 
-from ._helpers import run_olmo
+from ._helpers import run_olmo, run_olmo_here
 
 SMALL = [
     *("--set", "model.d_model=32", "--set", "model.n_layers=2", "--set", "model.max_sequence_length=64"),
@@ -40,7 +43,7 @@ def trained(tmp_path_factory):
     (root / "chat").mkdir()
     chat_data(root / "prep", conversations=300)  # writes prep/chats.jsonl (and a tokenized copy)
     _ok(
-        run_olmo(
+        run_olmo_here(
             "data",
             "tokenize",
             str(root / "prep" / "chats.jsonl"),
@@ -55,7 +58,7 @@ def trained(tmp_path_factory):
     )
     sets = [*SMALL, "--set", "max_duration=2", "--set", "stop_at=2", "--set", "save_interval=1000"]
     _ok(
-        run_olmo(
+        run_olmo_here(
             "train",
             "--preset",
             "tiny",
@@ -64,7 +67,6 @@ def trained(tmp_path_factory):
             "--save-folder",
             str(root / "base"),
             *sets,
-            cwd=root,
         )
     )
     return root
@@ -78,7 +80,7 @@ def test_finetune_a_checkpoint_made_by_olmo_train(trained):
     root = trained
     out = root / "full"
     proc = _ok(
-        run_olmo(
+        run_olmo_here(
             "finetune",
             "--checkpoint",
             str(root / "base"),
@@ -90,7 +92,6 @@ def test_finetune_a_checkpoint_made_by_olmo_train(trained):
             "max_duration=3",
             "--no-wandb",
             "--json",
-            cwd=root,
         )
     )
     events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
@@ -105,7 +106,7 @@ def test_lora_finetune_merge_and_generate(trained):
     root = trained
     lora = root / "lora"
     _ok(
-        run_olmo(
+        run_olmo_here(
             "finetune",
             "-k",
             str(root / "base"),
@@ -120,27 +121,26 @@ def test_lora_finetune_merge_and_generate(trained):
             "--set",
             "max_duration=2",
             "--no-wandb",
-            cwd=root,
         )
     )
     assert (lora / "adapter.safetensors").stat().st_size < 50_000
-    merged = _ok(run_olmo("finetune", "merge", str(lora), "-o", str(root / "merged"), "--json", cwd=root))
+    merged = _ok(run_olmo_here("finetune", "merge", str(lora), "-o", str(root / "merged"), "--json"))
     summary = json.loads(merged.stdout)
     assert summary["rank"] == 2 and summary["targets"] == ["att_proj", "ff_out"] and summary["modules"] == 4
     assert summary["base"].endswith("step2-unsharded")
     generated = _ok(
-        run_olmo("generate", str(root / "merged"), "--chat", "-p", "x=1", "-n", "3", "--json", cwd=root)
+        run_olmo_here("generate", str(root / "merged"), "--chat", "-p", "x=1", "-n", "3", "--json")
     )
     assert json.loads(generated.stdout)
     # The LoRA run's own checkpoint is not a plain model: the error says how to get one.
-    unmerged = run_olmo("generate", str(lora), "-p", "x=1", "-n", "1", cwd=root)
+    unmerged = run_olmo_here("generate", str(lora), "-p", "x=1", "-n", "1")
     assert unmerged.returncode == 4, unmerged.stderr
     assert "olmo finetune merge" in unmerged.stderr and "Traceback" not in unmerged.stderr
 
 
 def test_a_preset_of_another_architecture_exits_2_naming_the_fields(trained):
     root = trained
-    proc = run_olmo("finetune", "-k", str(root / "base"), "-d", str(root / "sft"), "--preset", "1b", cwd=root)
+    proc = run_olmo_here("finetune", "-k", str(root / "base"), "-d", str(root / "sft"), "--preset", "1b")
     err = _user_error(proc, 2)
     assert "describes another architecture" in err
     assert "model.d_model: checkpoint 32, config 2048" in err
@@ -158,7 +158,9 @@ def test_a_preset_of_another_architecture_exits_2_naming_the_fields(trained):
     ],
 )
 def test_user_errors_are_one_line_with_a_hint(tmp_path, args, message):
-    proc = run_olmo("finetune", *args, cwd=tmp_path)
+    # The LoRA option errors in this process; the others through the installed `olmo`.
+    lora = any(a.startswith("--lora") for a in args)
+    proc = run_olmo_here("finetune", *args) if lora else run_olmo("finetune", *args, cwd=tmp_path)
     err = _user_error(proc, 4 if message == "does not exist" else 2)
     assert message in err and "hint:" in err
 
@@ -176,7 +178,7 @@ def test_tokenize_chat_and_generate_chat_render_the_same_template(tmp_path):
     messages = [{"role": "user", "content": question(4)}, {"role": "assistant", "content": answer(4)}]
     source.write_text(json.dumps({"messages": messages}) + "\n")
     _ok(
-        run_olmo(
+        run_olmo_here(
             "data",
             "tokenize",
             str(source),
