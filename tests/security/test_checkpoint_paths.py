@@ -1,7 +1,10 @@
 """A checkpoint is data, never instructions for the file system: names that one of its files gives for
 other files (the checkpointer's lists, DCP storage paths, a Hugging Face weight index) are refused when
 they leave the directory, and retention deletes only the run's own checkpoints. Each test builds real
-checkpoints, forges the one value an attacker controls, and checks the whole tree around the run."""
+checkpoints, forges the one value an attacker controls, and checks the whole tree around the run.
+
+`olmo` runs as the installed command once per kind of refusal and for the plain retention run; the
+other cases run its `main` in this process (the same exit codes and messages, a second or two faster)."""
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import pytest
 from olmo_cli.checkpoint.sharded import MODEL_AND_OPTIM
 from olmo_cli.errors import CheckpointError
 from olmo_cli.load.read import read_checkpoint
+from tests.cli._helpers import run_olmo_here
 from tests.security._checkpoints import assert_one_error, edit_train_pt, olmo, tree_state, victims
 
 LISTS = ("checkpoints", "unsharded_checkpoints", "ephemeral_checkpoints")
@@ -70,7 +74,8 @@ def test_traversal_names_in_the_runs_own_checkpoint_are_refused(checkpoint, tmp_
     forge_lists(checkpoint, [traversal_names(tmp_path)[which]])
     before = tree_state(tmp_path, skip=(checkpoint.parent,))
 
-    proc = olmo("resume", str(checkpoint.parent), *retention(keep), cwd=tmp_path)
+    args = ("resume", str(checkpoint.parent), *retention(keep))
+    proc = olmo(*args, cwd=tmp_path) if which == 0 else run_olmo_here(*args)
 
     assert_one_error(proc, 4, "callbacks.checkpointer", "refused")
     assert tree_state(tmp_path, skip=(checkpoint.parent,)) == before
@@ -88,7 +93,7 @@ def test_lists_of_a_checkpoint_from_elsewhere_are_not_used_for_retention(checkpo
     shutil.copy(checkpoint.parent / "config.yaml", tmp_path / "config.yaml")
     before = tree_state(tmp_path, skip=(new_run,))
 
-    proc = olmo("resume", str(new_run), "--load-path", str(elsewhere), *retention(keep), cwd=tmp_path)
+    proc = run_olmo_here("resume", str(new_run), "--load-path", str(elsewhere), *retention(keep))
 
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert tree_state(tmp_path, skip=(new_run,)) == before
@@ -105,7 +110,7 @@ def test_a_listed_checkpoint_that_is_a_symlink_out_of_the_run_is_not_deleted(che
     forge_lists(checkpoint, ["step1-unsharded"])  # a valid name; its directory leads outside
     before = tree_state(tmp_path, skip=(checkpoint.parent,))
 
-    proc = olmo("resume", str(checkpoint.parent), *retention(1), cwd=tmp_path)
+    proc = run_olmo_here("resume", str(checkpoint.parent), *retention(1))
 
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert tree_state(tmp_path, skip=(checkpoint.parent,)) == before
