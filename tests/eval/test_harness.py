@@ -50,11 +50,17 @@ def setup(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def offline_cache(monkeypatch, setup):
     import datasets
+    import huggingface_hub.constants
 
     cache = setup[4] / "hf-datasets-cache"
     for key, value in {**OFFLINE, "HF_DATASETS_CACHE": str(cache)}.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
+    # The libraries read the offline switches once, at import: set their copies too, or a Hub fetch
+    # tries the network (half a minute of retries without one, a download with one).
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
 
 
 @pytest.fixture(scope="module")
