@@ -1,5 +1,8 @@
 """`olmo quantize` through the real entry point: an int4 checkpoint with the before/after report, the
-result generating with `olmo generate`, a GGUF file, and user errors as one line with the right exit code."""
+result generating with `olmo generate`, a GGUF file, and user errors as one line with the right exit code.
+
+The commands go through `main` in this process (`run_olmo_here`: the same exit codes and output, without
+a fresh interpreter's import of torch per command); one usage error runs the installed `olmo`."""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ import pytest
 from tests._fixtures import write_checkpoint
 from tests.quant._helpers import quant_config, write_tokens
 
-from ._helpers import run_olmo
+from ._helpers import run_olmo, run_olmo_here
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +27,7 @@ def source(tmp_path_factory):
 def int4(source, tmp_path_factory):
     ckpt, data = source
     out = tmp_path_factory.mktemp("q") / "tiny-int4"
-    proc = run_olmo(
+    proc = run_olmo_here(
         "quantize", str(ckpt), "--method", "int4", "--output", str(out), "--eval", str(data), "--json"
     )
     assert proc.returncode == 0, proc.stderr
@@ -47,7 +50,7 @@ def test_int4_report(int4):
 
 def test_generate_loads_the_quantized_checkpoint(int4):
     out, _ = int4
-    proc = run_olmo("generate", str(out), "--prompt", "def main", "-n", "4", "--json")
+    proc = run_olmo_here("generate", str(out), "--prompt", "def main", "-n", "4", "--json")
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)["results"][0]
     assert 1 <= result["completion_tokens"] <= 4 or result["finish_reason"] == "eos"
@@ -59,7 +62,7 @@ def test_eval_loads_the_quantized_checkpoint(source, int4):
     out, _ = int4
     ppl = {}
     for name, path in (("fp32", ckpt), ("int4", out)):
-        proc = run_olmo("eval", str(path), "--perplexity", f"val={data}", "--json")
+        proc = run_olmo_here("eval", str(path), "--perplexity", f"val={data}", "--json")
         assert proc.returncode == 0, proc.stderr
         result = json.loads(proc.stdout)
         assert result["checkpoint_kind"] == ("quantized" if name == "int4" else "unsharded")
@@ -70,7 +73,7 @@ def test_eval_loads_the_quantized_checkpoint(source, int4):
 def test_gguf_export(source, tmp_path):
     ckpt, _ = source
     out = tmp_path / "tiny-q8_0.gguf"
-    proc = run_olmo("quantize", str(ckpt), "--gguf", "q8_0", "--output", str(out), "--json")
+    proc = run_olmo_here("quantize", str(ckpt), "--gguf", "q8_0", "--output", str(out), "--json")
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["format"] == "gguf" and report["tensor_types"] == {"q8_0": 15}
@@ -90,14 +93,15 @@ def test_gguf_export(source, tmp_path):
 )
 def test_usage_errors(source, tmp_path, args, code, message):
     ckpt, _ = source
-    proc = run_olmo("quantize", str(ckpt), "--output", str(tmp_path / "out"), *args)
+    command = ("quantize", str(ckpt), "--output", str(tmp_path / "out"), *args)
+    proc = run_olmo(*command) if not args else run_olmo_here(*command)  # the first through the script
     assert proc.returncode == code, proc.stderr
     assert message in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_a_quantized_checkpoint_is_not_quantized_again_and_bad_records_exit_4(int4, tmp_path):
     out, _ = int4
-    proc = run_olmo("quantize", str(out), "--method", "int8", "--output", str(tmp_path / "again"))
+    proc = run_olmo_here("quantize", str(out), "--method", "int8", "--output", str(tmp_path / "again"))
     assert proc.returncode == 4 and "quantized checkpoint" in proc.stderr
     broken = tmp_path / "broken"
     broken.mkdir()
@@ -107,6 +111,6 @@ def test_a_quantized_checkpoint_is_not_quantized_again_and_bad_records_exit_4(in
     record["method"] = "int8"
     record["group_size"] = None
     (broken / "quantization.json").write_text(json.dumps(record))
-    proc = run_olmo("generate", str(broken), "--prompt", "x", "-n", "1")
+    proc = run_olmo_here("generate", str(broken), "--prompt", "x", "-n", "1")
     assert proc.returncode == 4, proc.stderr
     assert "method = 'int8'" in proc.stderr and "Traceback" not in proc.stderr
