@@ -1,10 +1,10 @@
 """A downloaded checkpoint is directly usable: it reads back bit-identical to what was served, and the
-other commands take its directory as it is."""
+other commands take its directory as it is (the download through the installed `olmo`, the commands
+after it through `main` in this process)."""
 
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +16,9 @@ from olmo_cli.config.yamlio import dump_yaml
 from olmo_cli.model.olmo import build_model
 from tests._fixtures import tiny_config
 from tests._http_server import Server
-from tests.cli._helpers import ROOT, olmo_executable
+from tests.cli._helpers import run_olmo_here
 
-from ._helpers import add_checkpoint, add_index, cli_env, run_cli
+from ._helpers import add_checkpoint, add_index, run_cli
 
 TINY_OVERRIDES = [
     "model.d_model=32",
@@ -88,14 +88,7 @@ def test_a_downloaded_checkpoint_reads_back_bit_identical_and_converts(
     assert_same(got.optim["state"], want.optim["state"])
     assert got.step == 2 and got.config_text == want.config_text
 
-    converted = subprocess.run(
-        [olmo_executable(), "convert-hf", str(downloaded), "-o", str(tmp_path / "hf")],
-        cwd=ROOT,
-        env=cli_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    converted = run_olmo_here("convert-hf", str(downloaded), "-o", str(tmp_path / "hf"))
     assert converted.returncode == 0, converted.stderr
     assert (tmp_path / "hf" / "config.json").is_file()
 
@@ -107,23 +100,9 @@ def test_a_downloaded_checkpoint_resumes_training(server: Server, tmp_path: Path
     downloaded = tmp_path / "dl" / "step2-unsharded"
     tokens = tmp_path / "tokens.npy"
     np.random.default_rng(0).integers(0, 4096, 4 * 17 * 10, dtype=np.uint16).tofile(tokens)
-    resumed = subprocess.run(
-        [olmo_executable(), "resume", str(tmp_path / "run"), "--load-path", str(downloaded)]
-        + [
-            "--set",
-            f"data.paths=[{tokens}]",
-            "--set",
-            "stop_at=4",
-            "--no-wandb",
-            "--device",
-            "cpu",
-            "--json",
-        ],
-        cwd=tmp_path,
-        env=cli_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=300,
+    resumed = run_olmo_here(
+        *("resume", str(tmp_path / "run"), "--load-path", str(downloaded), "--set", f"data.paths=[{tokens}]"),
+        *("--set", "stop_at=4", "--no-wandb", "--device", "cpu", "--json"),
     )
     assert resumed.returncode == 0, resumed.stderr
     events = [json.loads(line) for line in resumed.stdout.splitlines() if line.startswith("{")]
