@@ -4,49 +4,30 @@ process, to keep the tests fast; one real subprocess checks the installed script
 from __future__ import annotations
 
 import json
-import subprocess
 
-import pytest
-
-from olmo_cli.app import main
 from tests._fixtures import write_checkpoint
-from tests.cli._helpers import run_olmo as run_subprocess
+from tests.cli._helpers import run_olmo, run_olmo_here
 
 from ._helpers import tiny_train_config
 
 
-@pytest.fixture
-def run_olmo(capsys):
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        capsys.readouterr()
-        try:
-            main(list(args))
-            code = 0
-        except SystemExit as e:
-            code = int(e.code or 0)
-        out = capsys.readouterr()
-        return subprocess.CompletedProcess(args, code, out.out, out.err)
-
-    return run
-
-
-def test_convert_both_ways_then_generate_the_same_text(tmp_path, run_olmo) -> None:
+def test_convert_both_ways_then_generate_the_same_text(tmp_path) -> None:
     native_dir, _ = write_checkpoint(tmp_path, tiny_train_config("model.weight_tying=false"))
-    out = run_olmo(
+    out = run_olmo_here(
         "convert-hf", str(tmp_path), "--output", str(tmp_path / "hf"), "--max-shard-size", "300KB", "--json"
     )
     assert out.returncode == 0, out.stderr
     summary = json.loads(out.stdout)
     assert summary["source"] == str(native_dir) and summary["weight_files"] > 1
     back = tmp_path / "back" / "step0-unsharded"
-    out = run_olmo("convert-hf", "--from-hf", str(tmp_path / "hf"), "--output", str(back))
+    out = run_olmo_here("convert-hf", "--from-hf", str(tmp_path / "hf"), "--output", str(back))
     assert out.returncode == 0, out.stderr
     assert (back / "model.safetensors").is_file() and (back / "config.yaml").is_file()
 
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text('{"prompt": "The history of"}\n{"prompt": "def main():"}\n')
     runs = [
-        run_olmo("generate", str(path), "--prompts-file", str(prompts), "-n", "12", "--json")
+        run_olmo_here("generate", str(path), "--prompts-file", str(prompts), "-n", "12", "--json")
         for path in (native_dir, tmp_path / "hf", back)
     ]
     assert all(r.returncode == 0 for r in runs), [r.stderr for r in runs]
@@ -55,24 +36,24 @@ def test_convert_both_ways_then_generate_the_same_text(tmp_path, run_olmo) -> No
     assert [r["completion_tokens"] for r in results[0]] == [12, 12]
 
     # Streamed to the terminal by the installed script: the same text as the JSON completion.
-    streamed = run_subprocess("generate", str(tmp_path / "hf"), "--prompt", "The history of", "-n", "12")
+    streamed = run_olmo("generate", str(tmp_path / "hf"), "--prompt", "The history of", "-n", "12")
     assert streamed.returncode == 0, streamed.stderr
     assert streamed.stdout == results[0][0]["completion"] + "\n"
     assert "tokens/s" in streamed.stderr
 
 
-def test_generate_stop_string_chat_and_sampling(tmp_path, run_olmo) -> None:
+def test_generate_stop_string_chat_and_sampling(tmp_path) -> None:
     native_dir, _ = write_checkpoint(tmp_path, tiny_train_config())
-    free = json.loads(run_olmo("generate", str(native_dir), "-p", "Once", "-n", "20", "--json").stdout)
+    free = json.loads(run_olmo_here("generate", str(native_dir), "-p", "Once", "-n", "20", "--json").stdout)
     text = free["results"][0]["completion"]
     stop = text[len(text) // 2 : len(text) // 2 + 3]
     cut = json.loads(
-        run_olmo("generate", str(native_dir), "-p", "Once", "-n", "20", "--stop", stop, "--json").stdout
+        run_olmo_here("generate", str(native_dir), "-p", "Once", "-n", "20", "--stop", stop, "--json").stdout
     )
     assert cut["results"][0]["completion"] == text[: text.index(stop)]
     assert cut["results"][0]["finish_reason"] == "stop"
 
-    chat = run_olmo("generate", str(native_dir), "--chat", "-p", "Hi", "-n", "5", "--json")
+    chat = run_olmo_here("generate", str(native_dir), "--chat", "-p", "Hi", "-n", "5", "--json")
     assert chat.returncode == 0 and json.loads(chat.stdout)["results"][0]["prompt_tokens"] > 3
 
     args = [
@@ -88,19 +69,19 @@ def test_generate_stop_string_chat_and_sampling(tmp_path, run_olmo) -> None:
         "20",
         "--json",
     ]
-    one, two = (json.loads(run_olmo(*args, "--seed", "1").stdout) for _ in range(2))
+    one, two = (json.loads(run_olmo_here(*args, "--seed", "1").stdout) for _ in range(2))
     assert one["results"] == two["results"]
 
 
-def test_user_errors(tmp_path, run_olmo) -> None:
+def test_user_errors(tmp_path) -> None:
     (tmp_path / "llama").mkdir()
     (tmp_path / "llama" / "config.json").write_text('{"model_type": "llama"}')
-    out = run_olmo("convert-hf", "--from-hf", str(tmp_path / "llama"), "--output", str(tmp_path / "x"))
+    out = run_olmo_here("convert-hf", "--from-hf", str(tmp_path / "llama"), "--output", str(tmp_path / "x"))
     assert (
         out.returncode == 2 and "not an OLMo-1 'olmo' model" in out.stderr and "Traceback" not in out.stderr
     )
-    out = run_olmo("generate", str(tmp_path / "nothing"), "-p", "x")
+    out = run_olmo_here("generate", str(tmp_path / "nothing"), "-p", "x")
     assert out.returncode == 4 and "does not exist" in out.stderr
     native_dir, _ = write_checkpoint(tmp_path, tiny_train_config())
-    out = run_olmo("generate", str(native_dir))
+    out = run_olmo_here("generate", str(native_dir))
     assert out.returncode == 2 and "--prompt" in out.stderr

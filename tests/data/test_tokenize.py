@@ -20,9 +20,9 @@ from _tokenize_helpers import (
 from tokenizers import Tokenizer
 
 import olmo_cli.data.inputs as inputs_module
-from olmo_cli.app import main
 from olmo_cli.data.tokenize import TokenizeOptions, tokenize
 from tests._http_server import serve_directory
+from tests.cli._helpers import run_olmo_here
 
 TOK = Tokenizer.from_file(str(BUILTIN_FILE))
 EOS = 0
@@ -30,17 +30,6 @@ EOS = 0
 
 def expected_ids(text: str) -> list[int]:
     return TOK.encode(text, add_special_tokens=False).ids + [EOS]
-
-
-def run_cli(capsys, *args: str) -> tuple[int, str, str]:
-    """`olmo ARGS` in this process, through the real entry point and its error rendering."""
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.fixture
@@ -149,12 +138,13 @@ def test_an_interrupted_run_resumes_to_identical_output(corpus, tmp_path, monkey
     assert again.already_complete and again.manifest == reference.manifest
 
 
-def test_other_options_into_a_finished_directory_are_refused(corpus, tmp_path, capsys):
+def test_other_options_into_a_finished_directory_are_refused(corpus, tmp_path):
     (a, _), _ = corpus
     out = str(tmp_path / "out")
-    assert run_cli(capsys, "data", "tokenize", str(a), "-t", BUILTIN, "-o", out, "-j", "1", "-q")[0] == 0
-    code, _, err = run_cli(capsys, "data", "tokenize", str(a), "-t", BUILTIN, "-o", out, "--no-eos", "-q")
-    assert code == 2 and "other inputs or options" in err
+    first = run_olmo_here("data", "tokenize", str(a), "-t", BUILTIN, "-o", out, "-j", "1", "-q")
+    assert first.returncode == 0, first.stderr
+    proc = run_olmo_here("data", "tokenize", str(a), "-t", BUILTIN, "-o", out, "--no-eos", "-q")
+    assert proc.returncode == 2 and "other inputs or options" in proc.stderr
 
 
 # ---- bad input -----------------------------------------------------------------------------------
@@ -177,31 +167,28 @@ def _bad_file(tmp_path):
     return path
 
 
-def test_bad_json_stops_with_file_and_line(tmp_path, capsys):
+def test_bad_json_stops_with_file_and_line(tmp_path):
     path = _bad_file(tmp_path)
-    code, _, err = run_cli(
-        capsys, "data", "tokenize", str(path), "-t", BUILTIN, "-o", str(tmp_path / "o"), "-j", "1"
-    )
-    assert code == 3
-    assert f"{path}:2: invalid JSON" in err and "--skip-bad" in err
+    proc = run_olmo_here("data", "tokenize", str(path), "-t", BUILTIN, "-o", str(tmp_path / "o"), "-j", "1")
+    assert proc.returncode == 3
+    assert f"{path}:2: invalid JSON" in proc.stderr and "--skip-bad" in proc.stderr
     assert not (tmp_path / "o" / "manifest.json").exists()
 
 
-def test_missing_text_field_names_the_fields_found(tmp_path, capsys):
+def test_missing_text_field_names_the_fields_found(tmp_path):
     path = tmp_path / "in.jsonl"
     path.write_text(json.dumps({"text": "ok"}) + "\n" + json.dumps({"body": "x", "id": 3}) + "\n")
-    code, _, err = run_cli(
-        capsys, "data", "tokenize", str(path), "-t", BUILTIN, "-o", str(tmp_path / "o"), "-j", "1"
-    )
-    assert code == 3 and f"{path}:2: no 'text' field (fields: body, id)" in err
+    proc = run_olmo_here("data", "tokenize", str(path), "-t", BUILTIN, "-o", str(tmp_path / "o"), "-j", "1")
+    assert proc.returncode == 3 and f"{path}:2: no 'text' field (fields: body, id)" in proc.stderr
 
 
-def test_skip_bad_counts_bad_and_empty_documents(tmp_path, capsys):
+def test_skip_bad_counts_bad_and_empty_documents(tmp_path):
     path = _bad_file(tmp_path)
     args = ["data", "tokenize", str(path), "-t", BUILTIN, "-o", str(tmp_path / "o"), "--skip-bad", "--json"]
-    code, out, err = run_cli(capsys, *args)
-    assert code == 0, err
-    summary = json.loads(out)
+    proc = run_olmo_here(*args)
+    err = proc.stderr
+    assert proc.returncode == 0, err
+    summary = json.loads(proc.stdout)
     assert summary["documents"] == 2
     assert summary["skipped"] == {"empty": 3, "bad": 4}
     assert f"{path}:2: invalid JSON" in err  # the skipped lines are named too
@@ -241,12 +228,10 @@ def test_no_eos_bos_and_uint32(tmp_path):
     ]
 
 
-def test_bos_needs_a_tokenizer_with_one(tmp_path, capsys):
+def test_bos_needs_a_tokenizer_with_one(tmp_path):
     path = write_jsonl(tmp_path / "in.jsonl", [{"text": "one"}])
-    code, _, err = run_cli(
-        capsys, "data", "tokenize", str(path), "-t", BUILTIN, "-o", str(tmp_path / "o"), "--bos"
-    )
-    assert code == 2 and "no BOS" in err
+    proc = run_olmo_here("data", "tokenize", str(path), "-t", BUILTIN, "-o", str(tmp_path / "o"), "--bos")
+    assert proc.returncode == 2 and "no BOS" in proc.stderr
 
 
 @pytest.mark.parametrize("compression", ["gzip", "zstd"])
@@ -295,11 +280,9 @@ def test_globs_expand_in_sorted_order(tmp_path):
     assert [i["path"] for i in summary.manifest["inputs"]] == [str(tmp_path / f"{n}.jsonl") for n in "abc"]
 
 
-def test_missing_input_is_a_data_error(tmp_path, capsys):
-    code, _, err = run_cli(
-        capsys, "data", "tokenize", str(tmp_path / "nope.jsonl"), "-t", BUILTIN, "-o", str(tmp_path)
-    )
-    assert code == 3 and "does not exist" in err
+def test_missing_input_is_a_data_error(tmp_path):
+    proc = run_olmo_here("data", "tokenize", str(tmp_path / "nope.jsonl"), "-t", BUILTIN, "-o", str(tmp_path))
+    assert proc.returncode == 3 and "does not exist" in proc.stderr
 
 
 def test_remote_input_over_a_loopback_server(tmp_path, monkeypatch):
@@ -320,15 +303,11 @@ def test_remote_input_over_a_loopback_server(tmp_path, monkeypatch):
     assert summary.manifest["inputs"][0]["bytes"] == (served / "docs.jsonl.gz").stat().st_size
 
 
-def test_cli_summary_table_and_json(corpus, tmp_path, capsys):
+def test_cli_summary_table_and_json(corpus, tmp_path):
     (a, _), _ = corpus
-    code, out, _ = run_cli(
-        capsys, "data", "tokenize", str(a), "-t", BUILTIN, "-o", str(tmp_path / "o"), "-j", "1"
-    )
-    assert code == 0 and "documents" in out and "70" in out
-    code, out, _ = run_cli(
-        capsys, "data", "tokenize", str(a), "-t", BUILTIN, "-o", str(tmp_path / "o"), "--json"
-    )
-    summary = json.loads(out)
+    table = run_olmo_here("data", "tokenize", str(a), "-t", BUILTIN, "-o", str(tmp_path / "o"), "-j", "1")
+    assert table.returncode == 0 and "documents" in table.stdout and "70" in table.stdout
+    again = run_olmo_here("data", "tokenize", str(a), "-t", BUILTIN, "-o", str(tmp_path / "o"), "--json")
+    summary = json.loads(again.stdout)
     assert summary["already_complete"] is True and summary["documents"] == 70
     assert np.fromfile(tmp_path / "o" / "part-00000.npy", dtype="<u2").size == summary["tokens"]
