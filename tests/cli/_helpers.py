@@ -51,15 +51,16 @@ def run_olmo(*args: str, cwd: Path | None = None, **env: str) -> subprocess.Comp
     )
 
 
-def run_olmo_here(*args: str) -> subprocess.CompletedProcess[str]:
+def run_olmo_here(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     """`olmo ARGS` through the same entry point (`main`, with its one-line error rendering) in this
-    process: the exit code, stdout and stderr a subprocess would give, without the second or two a
-    fresh interpreter spends importing torch. For what needs a process of its own (signals, memory
-    caps, imports, the console script itself) use `run_olmo`."""
+    process, in `cwd` if given: the exit code, stdout and stderr a subprocess would give, without the
+    second or two a fresh interpreter spends importing torch. For what needs a process of its own
+    (signals, memory caps, imports, the console script itself) use `run_olmo`."""
     from olmo_cli.app import main
 
     out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    where = contextlib.chdir(cwd) if cwd is not None else contextlib.nullcontext()
+    with where, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
             main(list(args))
             code = 0

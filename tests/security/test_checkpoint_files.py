@@ -42,10 +42,10 @@ def test_a_truncated_newest_checkpoint_names_its_step_and_suggests_the_previous(
     assert str(run / "step2-unsharded") in text
     # The suggestion works as given.
     previous = str(run / "step2-unsharded")
-    proc = run_olmo_here("resume", str(run), "--load-path", previous, "--set", "stop_at=3")
+    proc = run_olmo_here("resume", str(run), "--load-path", previous, "--set", "stop_at=3", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
-    proc = run_olmo_here("generate", str(run), "--prompt", "1 2", "--max-new-tokens", "2")
+    proc = run_olmo_here("generate", str(run), "--prompt", "1 2", "--max-new-tokens", "2", cwd=tmp_path)
     assert_one_error(proc, 4, "step4-unsharded", "step3-unsharded")  # the resume above saved step 3
 
 
@@ -75,7 +75,7 @@ def test_a_legacy_format_pickle_is_refused_naming_the_global(checkpoint, tmp_pat
         torch.save(value, checkpoint / file, _use_new_zipfile_serialization=False, pickle_protocol=protocol)
 
     args = ("resume", str(checkpoint.parent), "--set", "stop_at=3")
-    proc = olmo(*args, cwd=tmp_path) if name == "train.pt" else run_olmo_here(*args)
+    proc = olmo(*args, cwd=tmp_path) if name == "train.pt" else run_olmo_here(*args, cwd=tmp_path)
 
     assert_one_error(proc, 4, "system", "refused without running")
     assert not marker.exists()
@@ -87,7 +87,7 @@ def test_weight_files_get_the_umask_mode(checkpoint, tmp_path):
     assert {"model.safetensors", "optim.safetensors"} <= modes.keys()
     assert all(mode == expected for mode in modes.values()), modes
     out = tmp_path / "hf"
-    proc = run_olmo_here("convert-hf", str(checkpoint), "--output", str(out))
+    proc = run_olmo_here("convert-hf", str(checkpoint), "--output", str(out), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert stat.S_IMODE((out / "model.safetensors").stat().st_mode) == expected
 
@@ -104,9 +104,9 @@ def test_an_invalid_setting_in_a_runs_config_is_the_checkpoints_fault_one_from_s
     config = checkpoint.parent / "config.yaml"
     good = config.read_text()
     config.write_text(good.replace("  n_layers: 2\n", "  n_layers: -2\n", 1))
-    proc = run_olmo_here("resume", str(checkpoint.parent), "--set", "stop_at=3")
+    proc = run_olmo_here("resume", str(checkpoint.parent), "--set", "stop_at=3", cwd=tmp_path)
     assert_one_error(proc, 4, "model.n_layers", str(config))
 
     config.write_text(good)
-    proc = run_olmo_here("resume", str(checkpoint.parent), "--set", "model.n_layers=-2")
+    proc = run_olmo_here("resume", str(checkpoint.parent), "--set", "model.n_layers=-2", cwd=tmp_path)
     assert_one_error(proc, 2, "model.n_layers", "(from --set)")

@@ -75,7 +75,7 @@ def test_traversal_names_in_the_runs_own_checkpoint_are_refused(checkpoint, tmp_
     before = tree_state(tmp_path, skip=(checkpoint.parent,))
 
     args = ("resume", str(checkpoint.parent), *retention(keep))
-    proc = olmo(*args, cwd=tmp_path) if which == 0 else run_olmo_here(*args)
+    proc = olmo(*args, cwd=tmp_path) if which == 0 else run_olmo_here(*args, cwd=tmp_path)
 
     assert_one_error(proc, 4, "callbacks.checkpointer", "refused")
     assert tree_state(tmp_path, skip=(checkpoint.parent,)) == before
@@ -93,7 +93,9 @@ def test_lists_of_a_checkpoint_from_elsewhere_are_not_used_for_retention(checkpo
     shutil.copy(checkpoint.parent / "config.yaml", tmp_path / "config.yaml")
     before = tree_state(tmp_path, skip=(new_run,))
 
-    proc = run_olmo_here("resume", str(new_run), "--load-path", str(elsewhere), *retention(keep))
+    proc = run_olmo_here(
+        "resume", str(new_run), "--load-path", str(elsewhere), *retention(keep), cwd=tmp_path
+    )
 
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert tree_state(tmp_path, skip=(new_run,)) == before
@@ -110,7 +112,7 @@ def test_a_listed_checkpoint_that_is_a_symlink_out_of_the_run_is_not_deleted(che
     forge_lists(checkpoint, ["step1-unsharded"])  # a valid name; its directory leads outside
     before = tree_state(tmp_path, skip=(checkpoint.parent,))
 
-    proc = run_olmo_here("resume", str(checkpoint.parent), *retention(1))
+    proc = run_olmo_here("resume", str(checkpoint.parent), *retention(1), cwd=tmp_path)
 
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert tree_state(tmp_path, skip=(checkpoint.parent,)) == before

@@ -105,7 +105,7 @@ def address_space_cap(headroom: int) -> Iterator[None]:
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
 
-def run_here(*args: str) -> Outcome:
+def run_here(*args: str, cwd: Path) -> Outcome:
     """`olmo ARGS` through its `main` in this process, under `address_space_cap(HEADROOM)`. The modules
     a command imports when it runs are imported first, so that the cap is spent on the input alone."""
     import torch  # noqa: F401
@@ -115,13 +115,13 @@ def run_here(*args: str) -> Outcome:
 
     with address_space_cap(HEADROOM):
         start = time.monotonic()
-        proc = run_olmo_here(*args)
+        proc = run_olmo_here(*args, cwd=cwd)
         seconds = time.monotonic() - start
     return Outcome(proc.returncode, proc.stdout, proc.stderr, seconds, None)
 
 
 def run_case(*args: str, cwd: Path, own_process: bool) -> Outcome:
-    return run_bounded(*args, cwd=cwd) if own_process else run_here(*args)
+    return run_bounded(*args, cwd=cwd) if own_process else run_here(*args, cwd=cwd)
 
 
 def assert_refused(outcome: Outcome, code: int, *needles: str) -> str:
@@ -249,7 +249,7 @@ def test_a_config_file_over_16_mib_is_refused_unread(tmp_path):
     with open(path, "wb") as f:
         f.write(b"run_name: x\n# ")
         f.truncate(64 * 2**20)  # sparse: a 64 MiB file that costs no disk
-    outcome = run_here("presets", "show", "--config", str(path))
+    outcome = run_here("presets", "show", "--config", str(path), cwd=tmp_path)
     assert_refused(outcome, 2, "huge.yaml", "larger than 16 MiB")
 
 
@@ -258,7 +258,7 @@ def test_a_config_of_15_mib_is_read_in_bounded_time(tmp_path):
     path = tmp_path / "long.yaml"
     comments = ("# " + "c" * 1000 + "\n") * 15_000
     path.write_text("run_name: " + "r" * 100_000 + "\n" + comments + "seed: 7\n")
-    outcome = run_here("presets", "show", "--config", str(path))
+    outcome = run_here("presets", "show", "--config", str(path), cwd=tmp_path)
     assert outcome.returncode == 0, outcome.stderr[-2000:]
     assert "seed: 7" in outcome.stdout
     assert outcome.seconds < TIME_LIMIT_S
@@ -268,7 +268,7 @@ def test_a_config_can_still_say_true_for_switches_and_numbers_for_counts(tmp_pat
     # The control for the cases above: the same command accepts a sane file.
     path = tmp_path / "fine.yaml"
     path.write_text("model:\n  n_layers: 3\n  rope: true\nrun_name: r-${model.n_layers}\n")
-    outcome = run_here("presets", "show", "--config", str(path))
+    outcome = run_here("presets", "show", "--config", str(path), cwd=tmp_path)
     assert outcome.returncode == 0, outcome.stderr
     assert "n_layers: 3" in outcome.stdout and "rope: true" in outcome.stdout
     assert "run_name: r-3" in outcome.stdout
@@ -309,7 +309,7 @@ def test_hostile_override_is_one_exit_2_message(tmp_path, override, expected):
 
 def test_a_bool_in_an_int_field_of_a_file_names_the_field(tmp_path):
     path = write_case(tmp_path, "bool-for-int")
-    outcome = run_here("presets", "show", "--config", str(path))
+    outcome = run_here("presets", "show", "--config", str(path), cwd=tmp_path)
     assert_refused(outcome, 2, "bool-for-int.yaml")
     assert "model.n_layers: expected an integer, got the boolean true" in outcome.stderr + outcome.stdout
 

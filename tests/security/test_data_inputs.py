@@ -3,7 +3,9 @@ manifest, manifests that are not what they claim, np.save files, deeply nested o
 truncated and corrupt .gz/.zst inputs, and a disk that fills up during `olmo data tokenize`.
 
 Each case asserts the exit code, exactly one `error:` line naming the file (and the numbers where there
-are some), no traceback, a deadline, and that nothing appeared outside the output directory.
+are some), no traceback, a deadline, and that nothing appeared outside the output directory. One case
+of each kind runs the installed `olmo`; the other cases of a parametrized kind run its `main` in this
+process, in the same working directory (the same checks, without an interpreter start each).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import zstandard
 from olmo_cli.data import inputs, parts
 from olmo_cli.data.tokenize import TokenizeOptions, tokenize
 from olmo_cli.errors import DataError
+from tests.cli._helpers import run_olmo_here
 from tests.data._token_data import write_token_dir
 from tests.data._tokenize_helpers import dir_bytes, read_docs, sample_texts, write_jsonl
 from tests.security._data_inputs import (
@@ -157,7 +160,8 @@ def test_a_damaged_or_hostile_manifest_is_one_data_error(tmp_path, damage, expec
     manifest = json.loads((directory / "manifest.json").read_text())
     (directory / "manifest.json").write_text(damage(manifest))
     before = tree(tmp_path)
-    line = one_error(olmo("data", "inspect", str(directory), "--seq-len", "16", cwd=tmp_path), 3)
+    run = olmo if expected == "not readable JSON" else run_olmo_here
+    line = one_error(run("data", "inspect", str(directory), "--seq-len", "16", cwd=tmp_path), 3)
     assert expected in line and "manifest.json" in line
     assert tree(tmp_path) == before
 
@@ -178,7 +182,9 @@ def test_an_np_save_file_is_named_as_such_with_the_fix(tmp_path):
     # In a directory without a manifest, too (its *.npy files are the data).
     (tmp_path / "dir").mkdir()
     np.save(tmp_path / "dir" / "a.npy", np.arange(64, dtype=np.uint32))
-    proc = olmo("train", *TINY_TRAIN, "--data", str(tmp_path / "dir"), "--save-folder", "run", cwd=tmp_path)
+    proc = run_olmo_here(
+        "train", *TINY_TRAIN, "--data", str(tmp_path / "dir"), "--save-folder", "run", cwd=tmp_path
+    )
     assert "a.npy" in one_error(proc, 3) and not (tmp_path / "run").exists()
 
 
@@ -282,7 +288,8 @@ def test_a_damaged_compressed_input_is_one_error_naming_the_file(tmp_path, name)
     src = tmp_path / name
     src.write_bytes(make(data))
     out = tmp_path / "out"
-    proc = olmo("data", "tokenize", str(src), "-t", BUILTIN, "-o", str(out), "-j", "1", cwd=tmp_path)
+    run = olmo if name == "truncated.jsonl.zst" else run_olmo_here
+    proc = run("data", "tokenize", str(src), "-t", BUILTIN, "-o", str(out), "-j", "1", cwd=tmp_path)
     line = one_error(proc, 3)
     assert str(src) in line and expected in line
     assert not list(out.rglob("*.tmp")) and not (out / "manifest.json").exists()

@@ -65,9 +65,9 @@ def test_a_bad_trainer_state_value_is_refused_naming_the_field(checkpoint, case)
     assert "train.pt" in message and (repr(field) if "." not in field else field) in message, message
 
 
-def test_a_bad_counter_through_resume_is_one_message_with_exit_4(checkpoint):
+def test_a_bad_counter_through_resume_is_one_message_with_exit_4(checkpoint, tmp_path):
     _forge(checkpoint, "global_step", 2**70)
-    proc = run_olmo_here("resume", str(checkpoint.parent), "--set", "stop_at=3")
+    proc = run_olmo_here("resume", str(checkpoint.parent), "--set", "stop_at=3", cwd=tmp_path)
     assert_one_error(proc, 4, "train.pt", "'global_step'")
 
 
