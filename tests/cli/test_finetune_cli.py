@@ -67,6 +67,7 @@ def trained(tmp_path_factory):
             "--save-folder",
             str(root / "base"),
             *sets,
+            cwd=root,
         )
     )
     return root
@@ -92,6 +93,7 @@ def test_finetune_a_checkpoint_made_by_olmo_train(trained):
             "max_duration=3",
             "--no-wandb",
             "--json",
+            cwd=root,
         )
     )
     events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
@@ -121,26 +123,31 @@ def test_lora_finetune_merge_and_generate(trained):
             "--set",
             "max_duration=2",
             "--no-wandb",
+            cwd=root,
         )
     )
     assert (lora / "adapter.safetensors").stat().st_size < 50_000
-    merged = _ok(run_olmo_here("finetune", "merge", str(lora), "-o", str(root / "merged"), "--json"))
+    merged = _ok(
+        run_olmo_here("finetune", "merge", str(lora), "-o", str(root / "merged"), "--json", cwd=root)
+    )
     summary = json.loads(merged.stdout)
     assert summary["rank"] == 2 and summary["targets"] == ["att_proj", "ff_out"] and summary["modules"] == 4
     assert summary["base"].endswith("step2-unsharded")
     generated = _ok(
-        run_olmo_here("generate", str(root / "merged"), "--chat", "-p", "x=1", "-n", "3", "--json")
+        run_olmo_here("generate", str(root / "merged"), "--chat", "-p", "x=1", "-n", "3", "--json", cwd=root)
     )
     assert json.loads(generated.stdout)
     # The LoRA run's own checkpoint is not a plain model: the error says how to get one.
-    unmerged = run_olmo_here("generate", str(lora), "-p", "x=1", "-n", "1")
+    unmerged = run_olmo_here("generate", str(lora), "-p", "x=1", "-n", "1", cwd=root)
     assert unmerged.returncode == 4, unmerged.stderr
     assert "olmo finetune merge" in unmerged.stderr and "Traceback" not in unmerged.stderr
 
 
 def test_a_preset_of_another_architecture_exits_2_naming_the_fields(trained):
     root = trained
-    proc = run_olmo_here("finetune", "-k", str(root / "base"), "-d", str(root / "sft"), "--preset", "1b")
+    proc = run_olmo_here(
+        "finetune", "-k", str(root / "base"), "-d", str(root / "sft"), "--preset", "1b", cwd=root
+    )
     err = _user_error(proc, 2)
     assert "describes another architecture" in err
     assert "model.d_model: checkpoint 32, config 2048" in err
@@ -160,7 +167,9 @@ def test_a_preset_of_another_architecture_exits_2_naming_the_fields(trained):
 def test_user_errors_are_one_line_with_a_hint(tmp_path, args, message):
     # The LoRA option errors in this process; the others through the installed `olmo`.
     lora = any(a.startswith("--lora") for a in args)
-    proc = run_olmo_here("finetune", *args) if lora else run_olmo("finetune", *args, cwd=tmp_path)
+    proc = (
+        run_olmo_here("finetune", *args, cwd=tmp_path) if lora else run_olmo("finetune", *args, cwd=tmp_path)
+    )
     err = _user_error(proc, 4 if message == "does not exist" else 2)
     assert message in err and "hint:" in err
 

@@ -103,6 +103,7 @@ def test_a_downloaded_checkpoint_resumes_training(server: Server, tmp_path: Path
     resumed = run_olmo_here(
         *("resume", str(tmp_path / "run"), "--load-path", str(downloaded), "--set", f"data.paths=[{tokens}]"),
         *("--set", "stop_at=4", "--no-wandb", "--device", "cpu", "--json"),
+        cwd=tmp_path,
     )
     assert resumed.returncode == 0, resumed.stderr
     events = [json.loads(line) for line in resumed.stdout.splitlines() if line.startswith("{")]
