@@ -18,9 +18,9 @@ import torch
 
 from olmo_cli.checkpoint.sharded import MODEL_AND_OPTIM, OPTIM_GROUPS, read_sharded, write_sharded
 from olmo_cli.errors import CheckpointError
-from olmo_cli.world import init_world
 from olmo_cli.train.optim_state import upstream_optimizer_state
 from olmo_cli.train.parallelize import full_model_state
+from olmo_cli.world import init_world
 from tests.train import _dist_worker as worker
 
 REPO = Path(__file__).resolve().parents[2]
@@ -44,6 +44,14 @@ def trainer_state(step: int) -> dict:
         "checkpoints": [Path(f"step{step}")],
         "rng": {"torch": torch.get_rng_state()},
     }
+
+
+def save(path: Path, model, optim, world, *, step: int, config_yaml: str = "", **kwargs) -> Path:
+    """write_sharded of `model` and `optim` with the trainer state of `step`."""
+    state = trainer_state(step)
+    return write_sharded(
+        path, model=model, optim=optim, trainer_state=state, config_yaml=config_yaml, world=world, **kwargs
+    )
 
 
 def trained(world, steps: int):
@@ -81,14 +89,7 @@ def assert_same_state(got: dict, want: dict) -> None:
 
 def test_round_trip_in_one_process_continues_identically(world, tmp_path):
     model, optim = trained(world, 2)
-    path = write_sharded(
-        tmp_path / "step2",
-        model=model,
-        optim=optim,
-        trainer_state=trainer_state(2),
-        config_yaml="{}\n",
-        world=world,
-    )
+    path = save(tmp_path / "step2", model, optim, world, step=2, config_yaml="{}\n")
     assert path == tmp_path / "step2"
     assert sorted(p.name for p in path.iterdir()) == sorted(
         ["config.yaml", MODEL_AND_OPTIM, OPTIM_GROUPS, "train"]
@@ -112,14 +113,7 @@ def test_checkpoint_before_the_first_step_leaves_the_optimizer_untouched(world, 
     # torch's get_state_dict would take a zero step to create the AdamW state (step becomes 1, which
     # changes every later bias correction); a step-0 checkpoint must not do that.
     model, optim = trained(world, 0)
-    write_sharded(
-        tmp_path / "step0",
-        model=model,
-        optim=optim,
-        trainer_state=trainer_state(0),
-        config_yaml="",
-        world=world,
-    )
+    save(tmp_path / "step0", model, optim, world, step=0)
     assert not optim.state
     fresh, fresh_optim = worker.build(worker.tiny_config(), world)
     read_sharded(tmp_path / "step0", model=fresh, optim=fresh_optim, world=world)
@@ -135,18 +129,11 @@ def test_checkpoint_before_the_first_step_leaves_the_optimizer_untouched(world, 
 
 def test_model_only_load_and_existing_directory(world, tmp_path):
     model, optim = trained(world, 1)
-    kwargs = {
-        "model": model,
-        "optim": optim,
-        "trainer_state": trainer_state(1),
-        "config_yaml": "",
-        "world": world,
-    }
-    write_sharded(tmp_path / "step1", **kwargs)
+    save(tmp_path / "step1", model, optim, world, step=1)
     with pytest.raises(CheckpointError, match="already exists"):
-        write_sharded(tmp_path / "step1", **kwargs)
+        save(tmp_path / "step1", model, optim, world, step=1)
     worker.train_step(model, optim, worker.batch(1, worker.tiny_config()), world)
-    write_sharded(tmp_path / "step1", **kwargs, overwrite=True)  # replaced by the newer weights
+    save(tmp_path / "step1", model, optim, world, step=1, overwrite=True)  # replaced by the newer weights
     fresh, _ = worker.build(worker.tiny_config(), world)
     read_sharded(tmp_path / "step1", model=fresh, optim=None, world=world)
     assert torch.equal(
@@ -156,14 +143,7 @@ def test_model_only_load_and_existing_directory(world, tmp_path):
 
 def test_a_different_model_is_refused_with_the_mismatched_shapes(world, tmp_path):
     model, optim = trained(world, 1)
-    write_sharded(
-        tmp_path / "step1",
-        model=model,
-        optim=optim,
-        trainer_state=trainer_state(1),
-        config_yaml="",
-        world=world,
-    )
+    save(tmp_path / "step1", model, optim, world, step=1)
     other_cfg = worker.tiny_config(d_model=48)
     other, other_optim = worker.build(other_cfg, world)
     with pytest.raises(CheckpointError) as err:
@@ -197,14 +177,7 @@ class _Evil:
 
 def test_metadata_pickle_is_not_run(world, tmp_path):
     model, optim = trained(world, 1)
-    path = write_sharded(
-        tmp_path / "step1",
-        model=model,
-        optim=optim,
-        trainer_state=trainer_state(1),
-        config_yaml="",
-        world=world,
-    )
+    path = save(tmp_path / "step1", model, optim, world, step=1)
     marker = tmp_path / "pwned"
     (path / MODEL_AND_OPTIM / ".metadata").write_bytes(pickle.dumps(_Evil(marker)))
     with pytest.raises(CheckpointError, match="not allowed in checkpoint metadata"):
@@ -218,14 +191,7 @@ def test_pickled_entries_are_not_loaded(world, tmp_path):
     import torch.distributed.checkpoint as dcp
 
     model, optim = trained(world, 1)
-    path = write_sharded(
-        tmp_path / "step1",
-        model=model,
-        optim=optim,
-        trainer_state=trainer_state(1),
-        config_yaml="",
-        world=world,
-    )
+    path = save(tmp_path / "step1", model, optim, world, step=1)
     marker = tmp_path / "pwned"
     state = {"model": {k: v.detach() for k, v in full_model_state(model).items()}}
     state["optim"] = {"state": {"transformer.wte.weight": {"step": _Evil(marker)}}}
@@ -274,14 +240,7 @@ def test_kill_9_during_a_save_leaves_no_directory_under_the_final_name(world, tm
     model, optim = worker.build(worker.tiny_config(), world)
     assert read_sharded(tmp_path / "step1", model=model, optim=optim, world=world)["global_step"] == 1
     # The next save at that step clears the leftovers.
-    write_sharded(
-        tmp_path / "step2",
-        model=model,
-        optim=optim,
-        trainer_state=trainer_state(2),
-        config_yaml="",
-        world=world,
-    )
+    save(tmp_path / "step2", model, optim, world, step=2)
     assert not (tmp_path / "step2-tmp").exists() and (tmp_path / "step2" / "train" / "rank0.pt").is_file()
 
 
