@@ -51,21 +51,30 @@ def run_olmo(*args: str, cwd: Path | None = None, **env: str) -> subprocess.Comp
     )
 
 
-def run_olmo_here(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def run_olmo_here(*args: str, cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess[str]:
     """`olmo ARGS` through the same entry point (`main`, with its one-line error rendering) in this
-    process, in `cwd` if given: the exit code, stdout and stderr a subprocess would give, without the
-    second or two a fresh interpreter spends importing torch. For what needs a process of its own
-    (signals, memory caps, imports, the console script itself) use `run_olmo`."""
+    process, in `cwd` and with the variables `env` set while it runs: the exit code, stdout and stderr a
+    subprocess would give, without the second or two a fresh interpreter spends importing torch. For
+    what needs a process of its own (signals, memory caps, imports, the console script) use `run_olmo`."""
     from olmo_cli.app import main
 
     out, err = io.StringIO(), io.StringIO()
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
     where = contextlib.chdir(cwd) if cwd is not None else contextlib.nullcontext()
-    with where, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main(list(args))
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    try:
+        with where, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main(list(args))
+                code = 0
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
     return subprocess.CompletedProcess(["olmo", *args], code, out.getvalue(), err.getvalue())
 
 

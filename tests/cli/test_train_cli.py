@@ -1,6 +1,10 @@
 """`olmo train` and `olmo resume` through the real entry point: the dry-run plan (7B in seconds, under
 1 GB), a small run and its resume, JSON events, user errors as one line with a hint, and SIGTERM/SIGINT
-saving a checkpoint before a clean exit."""
+saving a checkpoint before a clean exit.
+
+A real run with its resume, one user error, the signals and the import checks go through the installed
+`olmo`; the other runs and user errors through its `main` in this process (`run_olmo_here`, the same
+exit codes and output without an interpreter start each)."""
 
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ import yaml
 from tests._fixtures import SMALL_ARGS
 from tests.train._runs import SEQ, pattern_tokens, write_token_dir
 
-from ._helpers import ROOT, clean_env, olmo_executable, run_olmo
+from ._helpers import ROOT, clean_env, olmo_executable, run_olmo, run_olmo_here
 
 SMALL = [*SMALL_ARGS, "--set", "global_train_batch_size=8", "--set", "device_train_microbatch_size=4"]
 
@@ -32,7 +36,7 @@ def _env(tmp_path: Path) -> dict[str, str]:
 
 
 def _train(tmp_path: Path, data: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return run_olmo(
+    return run_olmo_here(
         "train",
         *SMALL,
         "--data",
@@ -134,7 +138,7 @@ def test_train_then_resume(tmp_path, data):
 @pytest.mark.parametrize("name", ["2024", "on", "null", "a: b", "[x]"])
 def test_save_folder_names_yaml_would_misread(tmp_path, data, name):
     # --save-folder is a typed option: its text is the folder's name, never a --set read as YAML.
-    proc = run_olmo(
+    proc = run_olmo_here(
         "train",
         *SMALL,
         *("--data", str(data), "--save-folder", name, "--set", "max_duration=1", "--set", "stop_at=1"),
@@ -162,7 +166,7 @@ def test_json_events(tmp_path, data):
 
 
 def test_missing_data_is_one_error_line(tmp_path):
-    proc = run_olmo("train", *SMALL, "--data", str(tmp_path / "none"), cwd=tmp_path, **_env(tmp_path))
+    proc = run_olmo_here("train", *SMALL, "--data", str(tmp_path / "none"), cwd=tmp_path, **_env(tmp_path))
     assert "data path not found" in _user_error(proc, 3)
 
 
