@@ -1,15 +1,13 @@
-"""`olmo inspect-batch` end to end, in a subprocess as a user runs it, against the order and instances
-computed independently from docs/format.md §5 (plain numpy in this file)."""
+"""`olmo inspect-batch` end to end, through its `main` in this process (the text panels through the
+installed `olmo`, as a user runs it), against the order and instances computed independently from
+docs/format.md §5 (plain numpy in this file)."""
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,16 +15,10 @@ import yaml
 from _token_data import expected_instances, random_tokens, write_token_dir, write_tokens
 
 from tests._http_server import serve
+from tests.cli._helpers import run_olmo, run_olmo_here
 
 SEQ_LEN, BATCH, SEED = 8, 6, 1234
 LENGTHS = (100, 75, 41, 64)  # remainders 4, 3, 1, 0: 12 + 9 + 5 + 8 = 34 instances
-
-
-def olmo(*args: str, cwd: Path, cache: Path) -> subprocess.CompletedProcess[str]:
-    exe = Path(sys.executable).with_name("olmo")
-    command = [str(exe)] if exe.is_file() else [shutil.which("olmo") or "olmo"]
-    env = {**os.environ, "XDG_CACHE_HOME": str(cache), "NO_COLOR": "1", "COLUMNS": "200", "TERM": "dumb"}
-    return subprocess.run([*command, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
 
 
 def upstream_order(n: int, seed: int, epoch: int, world_size: int = 1, drop_last: bool = False) -> np.ndarray:
@@ -58,7 +50,7 @@ def setup(tmp_path):
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(config))
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return olmo("inspect-batch", *args, cwd=tmp_path, cache=tmp_path / "cache")
+        return run_olmo_here("inspect-batch", *args, cwd=tmp_path, XDG_CACHE_HOME=str(tmp_path / "cache"))
 
     def run_json(*args: str) -> dict:
         proc = run(*args, "--format", "json")
@@ -203,11 +195,12 @@ def test_errors(setup):
     assert proc.returncode == 2 and "not a batch number or range" in proc.stderr
 
 
-def test_text_shows_a_panel_per_instance(setup):
-    run, run_json, _, paths = setup
+def test_text_shows_a_panel_per_instance(setup, tmp_path):
+    _, run_json, _, paths = setup
     from olmo_cli.data.tokenizer import resolve_tokenizer
 
-    proc = run("0", "-c", "cfg.yaml", "-r", "0", "-w", "2")
+    args = ("inspect-batch", "0", "-c", "cfg.yaml", "-r", "0", "-w", "2")
+    proc = run_olmo(*args, cwd=tmp_path, XDG_CACHE_HOME=str(tmp_path / "cache"), COLUMNS="200")
     assert proc.returncode == 0, proc.stderr
     items = run_json("0", "-c", "cfg.yaml", "-r", "0", "-w", "2")["batches"][0]["instances"]
     tok = resolve_tokenizer("builtin:tiny-bpe-4096")
