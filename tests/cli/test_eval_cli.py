@@ -10,13 +10,13 @@ import pytest
 
 from tests.cli._helpers import run_olmo
 from tests.eval._helpers import fake_site
-from tests.eval._trained import trained_checkpoint, write_lookup_task
+from tests.eval._trained import write_lookup_task
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, lookup_checkpoint):
     root = tmp_path_factory.mktemp("eval-cli")
-    path, _ = trained_checkpoint(root / "ckpt")
+    path, _ = lookup_checkpoint
     return path, write_lookup_task(root / "lookup.jsonl"), root
 
 

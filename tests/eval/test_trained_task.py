@@ -8,16 +8,11 @@ import pytest
 from olmo_cli.eval.downstream import evaluate_prepared, prepare_task
 from olmo_cli.load.build import load_model, load_tokenizer
 from olmo_cli.load.read import read_checkpoint
-from tests.eval._trained import TABLE, lookup_task, trained_checkpoint
+from tests.eval._trained import TABLE, lookup_task
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return trained_checkpoint(tmp_path_factory.mktemp("trained"))
-
-
-def test_trained_model_reaches_the_known_accuracy(checkpoint):
-    path, _ = checkpoint
+def test_trained_model_reaches_the_known_accuracy(lookup_checkpoint):
+    path, _ = lookup_checkpoint
     found = read_checkpoint(path)
     model, tokenizer = load_model(found), load_tokenizer(found)
     result = evaluate_prepared(model, prepare_task(lookup_task(), tokenizer), batch_size=5)

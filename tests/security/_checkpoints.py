@@ -1,11 +1,11 @@
-"""Small real checkpoints for the trust-boundary tests, ways to forge their files, and a record of a
-directory tree to prove that nothing outside a run changed."""
+"""Ways to forge the files of the trust-boundary tests' checkpoints (the `checkpoint` fixture of
+tests/conftest.py: a copy of a small trained run), and a record of a directory tree to prove that nothing
+outside a run changed."""
 
 from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,29 +13,6 @@ from typing import Any
 import torch
 
 from tests.cli._helpers import run_olmo
-from tests.train._runs import quiet_run, run_config
-
-
-def trained_run(root: Path, *, steps: int = 2) -> Path:
-    """A run of the few-thousand-parameter model trained for `steps` steps in `root/run`; returns its
-    unsharded checkpoint at the last step."""
-    cfg = run_config(root, max_duration=steps, stop_at=steps, save_interval=steps)
-    result, _ = quiet_run(cfg)
-    assert result.checkpoint is not None
-    return result.checkpoint
-
-
-_CACHE: dict[str, Path] = {}
-
-
-def cached_run(factory_root: Path, root: Path) -> Path:
-    """`trained_run` once per session (under `factory_root`), copied to `root/run` for each test; the
-    data directory the config names is shared, read only."""
-    if "run" not in _CACHE:
-        _CACHE["run"] = trained_run(factory_root)
-    source = _CACHE["run"]
-    shutil.copytree(source.parent, root / "run", symlinks=True)
-    return root / "run" / source.name
 
 
 def edit_train_pt(checkpoint: Path, edit: Callable[[dict[str, Any]], None]) -> None:
