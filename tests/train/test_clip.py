@@ -3,18 +3,17 @@ one-step threshold lag through the real optimizer, and DTensor gradients sharded
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from olmo_cli.train.clip import clip_grad_norm, total_grad_norm
 from olmo_cli.train.duration import scheduler_max
 from olmo_cli.train.optim import build_optimizer, clip_and_step
 from olmo_cli.train.schedule import grad_clip_threshold_at, lr_at
+from olmo_cli.world import World
 from tests._fixtures import preset
+from tests.train import _dist_worker as worker
 
 SHAPES = [(5, 3), (1, 4), (8,), (3, 2, 2), (7, 1)]
 
@@ -97,41 +96,35 @@ def test_group_without_threshold_is_not_clipped():
     assert torch.equal(layer.weight.grad, torch.full((4, 4), 25.0))
 
 
-def _dtensor_worker(rank: int, world: int, init_file: str) -> None:
+def _dtensor_job(world: World) -> None:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import DTensor, Partial, Replicate, Shard, distribute_tensor
 
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
-        mesh = init_device_mesh("cpu", (world,))
-        sharded, replicated, plain = _params(seed=1), _params(seed=2)[:2], _params(seed=3)[:1]
-        reference = [nn.Parameter(torch.zeros_like(p)) for p in (*sharded, *replicated, *plain)]
-        for ref, p in zip(reference, (*sharded, *replicated, *plain), strict=True):
-            ref.grad = p.grad.clone()
-        ours = []
-        # Uneven shards on purpose: (1, 4) leaves rank 1 an empty shard, (5, 3) splits 3 + 2.
-        for group, placement in ((sharded, Shard(0)), (replicated, Replicate())):
-            for p in group:
-                q = nn.Parameter(distribute_tensor(p.detach(), mesh, [placement]))
-                q.grad = distribute_tensor(p.grad, mesh, [placement])
-                ours.append(q)
-        ours += plain  # a plain tensor is taken to be the same whole tensor on every rank
-        expected = torch.nn.utils.clip_grad_norm_(reference, 0.5)
-        norm = clip_grad_norm(ours, 0.5)
-        torch.testing.assert_close(norm, expected, rtol=1e-6, atol=0)
-        for q, ref in zip(ours, reference, strict=True):
-            full = q.grad.full_tensor() if hasattr(q.grad, "full_tensor") else q.grad
-            torch.testing.assert_close(full, ref.grad, rtol=1e-6, atol=1e-8)
-        partial = nn.Parameter(distribute_tensor(torch.zeros(2), mesh, [Replicate()]))
-        partial.grad = DTensor.from_local(torch.ones(2), mesh, [Partial()])
-        with pytest.raises(ValueError, match="Partial"):
-            total_grad_norm([partial])
-        dist.barrier()  # no rank tears down gloo while the other still uses it (close_world)
-    finally:
-        dist.destroy_process_group()
+    mesh = init_device_mesh("cpu", (world.world_size,))
+    sharded, replicated, plain = _params(seed=1), _params(seed=2)[:2], _params(seed=3)[:1]
+    reference = [nn.Parameter(torch.zeros_like(p)) for p in (*sharded, *replicated, *plain)]
+    for ref, p in zip(reference, (*sharded, *replicated, *plain), strict=True):
+        ref.grad = p.grad.clone()
+    ours = []
+    # Uneven shards on purpose: (1, 4) leaves rank 1 an empty shard, (5, 3) splits 3 + 2.
+    for group, placement in ((sharded, Shard(0)), (replicated, Replicate())):
+        for p in group:
+            q = nn.Parameter(distribute_tensor(p.detach(), mesh, [placement]))
+            q.grad = distribute_tensor(p.grad, mesh, [placement])
+            ours.append(q)
+    ours += plain  # a plain tensor is taken to be the same whole tensor on every rank
+    expected = torch.nn.utils.clip_grad_norm_(reference, 0.5)
+    norm = clip_grad_norm(ours, 0.5)
+    torch.testing.assert_close(norm, expected, rtol=1e-6, atol=0)
+    for q, ref in zip(ours, reference, strict=True):
+        full = q.grad.full_tensor() if hasattr(q.grad, "full_tensor") else q.grad
+        torch.testing.assert_close(full, ref.grad, rtol=1e-6, atol=1e-8)
+    partial = nn.Parameter(distribute_tensor(torch.zeros(2), mesh, [Replicate()]))
+    partial.grad = DTensor.from_local(torch.ones(2), mesh, [Partial()])
+    with pytest.raises(ValueError, match="Partial"):
+        total_grad_norm([partial])
 
 
 @pytest.mark.slow
-def test_dtensor_grads_sharded_over_two_ranks(tmp_path, monkeypatch):
-    monkeypatch.setenv("GLOO_SOCKET_IFNAME", os.environ.get("GLOO_SOCKET_IFNAME", "lo"))
-    torch.multiprocessing.spawn(_dtensor_worker, args=(2, str(tmp_path / "init")), nprocs=2, join=True)
+def test_dtensor_grads_sharded_over_two_ranks():
+    worker.spawn(_dtensor_job, 2)

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import copy
 import io
-import os
 
 import pytest
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from olmo_cli.config.schema import TrainConfig
@@ -18,7 +16,9 @@ from olmo_cli.model.loss import cross_entropy_loss
 from olmo_cli.model.olmo import OLMo, build_model
 from olmo_cli.train.optim import build_optimizer, clip_and_step
 from olmo_cli.train.optim_state import load_upstream_optimizer_state, upstream_optimizer_state
+from olmo_cli.world import World
 from tests._fixtures import small
+from tests.train import _dist_worker as worker
 
 
 def _batch(step: int, vocab: int) -> torch.Tensor:
@@ -200,63 +200,55 @@ def test_state_of_a_never_stepped_optimizer_loads(trained):
     assert len(twin_optim.state) == 0 and twin_optim.param_groups[0]["lr"] == 0.5
 
 
-def _dtensor_worker(rank: int, world: int, init_file: str) -> None:
+def _dtensor_job(world: World) -> None:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import Shard, distribute_tensor
 
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
-        mesh = init_device_mesh("cpu", (world,))
-        cfg = TrainConfig.model_validate(
-            {"optimizer": {"name": "adamw", "learning_rate": 0.1}, "max_grad_norm": 1.0}
-        )
-        torch.manual_seed(0)
-        reference = nn.Sequential(nn.Linear(4, 5), nn.Linear(5, 1))
+    mesh = init_device_mesh("cpu", (world.world_size,))
+    cfg = TrainConfig.model_validate(
+        {"optimizer": {"name": "adamw", "learning_rate": 0.1}, "max_grad_norm": 1.0}
+    )
+    torch.manual_seed(0)
+    reference = nn.Sequential(nn.Linear(4, 5), nn.Linear(5, 1))
 
-        def sharded_copy() -> nn.Module:
-            twin = copy.deepcopy(reference)
-            for module in twin:
-                for name, p in list(module.named_parameters()):
-                    setattr(module, name, nn.Parameter(distribute_tensor(p.detach(), mesh, [Shard(0)])))
-            return twin
+    def sharded_copy() -> nn.Module:
+        twin = copy.deepcopy(reference)
+        for module in twin:
+            for name, p in list(module.named_parameters()):
+                setattr(module, name, nn.Parameter(distribute_tensor(p.detach(), mesh, [Shard(0)])))
+        return twin
 
-        def step(model: nn.Module, optim: torch.optim.Optimizer, seed: int) -> None:
-            gen = torch.Generator().manual_seed(seed)
-            for p in model.parameters():
-                grad = torch.randn(p.shape, generator=gen)
-                p.grad = (
-                    distribute_tensor(grad, mesh, list(p.placements)) if hasattr(p, "placements") else grad
-                )
-            clip_and_step(optim, lr=0.1, max_grad_norm=1.0)
+    def step(model: nn.Module, optim: torch.optim.Optimizer, seed: int) -> None:
+        gen = torch.Generator().manual_seed(seed)
+        for p in model.parameters():
+            grad = torch.randn(p.shape, generator=gen)
+            p.grad = distribute_tensor(grad, mesh, list(p.placements)) if hasattr(p, "placements") else grad
+        clip_and_step(optim, lr=0.1, max_grad_norm=1.0)
 
-        sharded = sharded_copy()
-        optims = [build_optimizer(m, cfg) for m in (reference, sharded)]
-        assert optims[1].param_groups[0]["sharded"] is True
-        for seed in (1, 2):
-            step(reference, optims[0], seed)
-            step(sharded, optims[1], seed)
-        exported = upstream_optimizer_state(optims[1])  # collective: full tensors on every rank
-        expected = upstream_optimizer_state(optims[0])
-        # Same math, but the sharded global norm is summed in another order: equal to rounding.
-        for name, entry in expected["state"].items():
-            for key, value in entry.items():
-                torch.testing.assert_close(exported["state"][name][key], value, rtol=1e-5, atol=1e-9)
+    sharded = sharded_copy()
+    optims = [build_optimizer(m, cfg) for m in (reference, sharded)]
+    assert optims[1].param_groups[0]["sharded"] is True
+    for seed in (1, 2):
+        step(reference, optims[0], seed)
+        step(sharded, optims[1], seed)
+    exported = upstream_optimizer_state(optims[1])  # collective: full tensors on every rank
+    expected = upstream_optimizer_state(optims[0])
+    # Same math, but the sharded global norm is summed in another order: equal to rounding.
+    for name, entry in expected["state"].items():
+        for key, value in entry.items():
+            torch.testing.assert_close(exported["state"][name][key], value, rtol=1e-5, atol=1e-9)
 
-        resumed = sharded_copy()
-        for p, q in zip(resumed.parameters(), sharded.parameters(), strict=True):
-            p.data.copy_(q.data)
-        resumed_optim = build_optimizer(resumed, cfg)
-        load_upstream_optimizer_state(resumed_optim, exported, lr=0.1, cfg=cfg.optimizer)
-        for model, optim in ((resumed, resumed_optim), (sharded, optims[1])):
-            step(model, optim, 3)
-        for p, q in zip(sharded.parameters(), resumed.parameters(), strict=True):
-            assert torch.equal(p.to_local(), q.to_local())  # bit-identical to the run that never stopped
-        dist.barrier()  # no rank tears down gloo while the other still uses it (close_world)
-    finally:
-        dist.destroy_process_group()
+    resumed = sharded_copy()
+    for p, q in zip(resumed.parameters(), sharded.parameters(), strict=True):
+        p.data.copy_(q.data)
+    resumed_optim = build_optimizer(resumed, cfg)
+    load_upstream_optimizer_state(resumed_optim, exported, lr=0.1, cfg=cfg.optimizer)
+    for model, optim in ((resumed, resumed_optim), (sharded, optims[1])):
+        step(model, optim, 3)
+    for p, q in zip(sharded.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(p.to_local(), q.to_local())  # bit-identical to the run that never stopped
 
 
 @pytest.mark.slow
-def test_dtensor_state_round_trip_over_two_ranks(tmp_path, monkeypatch):
-    monkeypatch.setenv("GLOO_SOCKET_IFNAME", os.environ.get("GLOO_SOCKET_IFNAME", "lo"))
-    torch.multiprocessing.spawn(_dtensor_worker, args=(2, str(tmp_path / "init")), nprocs=2, join=True)
+def test_dtensor_state_round_trip_over_two_ranks():
+    worker.spawn(_dtensor_job, 2)
