@@ -1,6 +1,6 @@
-"""A downloaded checkpoint is directly usable: it reads back bit-identical to what was served, and the
-other commands take its directory as it is (the download through the installed `olmo`, the commands
-after it through `main` in this process)."""
+"""A downloaded checkpoint (of the session's small trained run) is directly usable: it reads back
+bit-identical to what was served, and the other commands take its directory as it is (the download
+through the installed `olmo`, the commands after it through `main` in this process)."""
 
 from __future__ import annotations
 
@@ -8,52 +8,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from olmo_cli.checkpoint.unsharded import read_unsharded, write_unsharded
-from olmo_cli.config.yamlio import dump_yaml
-from olmo_cli.model.olmo import build_model
-from tests._fixtures import tiny_config
+from olmo_cli.checkpoint.unsharded import read_unsharded
+from tests._fixtures import small
 from tests._http_server import Server
 from tests.cli._helpers import run_olmo_here
 
 from ._helpers import add_checkpoint, add_index, run_cli
-
-TINY_OVERRIDES = [
-    "model.d_model=32",
-    "model.n_heads=2",
-    "model.n_layers=2",
-    "model.max_sequence_length=16",
-    "global_train_batch_size=4",
-    "device_train_microbatch_size=4",
-]
-
-
-def tiny_checkpoint(directory: Path, step: int = 2) -> Path:
-    """A real checkpoint in the upstream layout: a tiny model after `step` AdamW steps."""
-    cfg = tiny_config(*TINY_OVERRIDES)
-    model = build_model(cfg.model, seed=0)
-    optimizer = torch.optim.AdamW(model.named_parameters(), lr=1e-3, betas=(0.9, 0.95), eps=1e-5)
-    tokens = torch.randint(0, cfg.model.vocab_size, (4, 16), generator=torch.Generator().manual_seed(0))
-    for _ in range(step):
-        model(tokens).float().logsumexp(-1).mean().backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    trainer = {
-        "epoch": 0,
-        "global_step": step,
-        "global_train_examples_seen_this_epoch": 4 * step,
-        "global_train_tokens_seen": 4 * 16 * step,
-        "world_size": 1,
-        "checkpoints": [],
-        "unsharded_checkpoints": [],
-        "ephemeral_checkpoints": [],
-        "rng": {"torch": torch.get_rng_state()},
-    }
-    config_yaml = dump_yaml(cfg.model_dump(mode="json"))
-    target = directory / f"step{step}-unsharded"
-    return write_unsharded(target, model.state_dict(), optimizer.state_dict(), trainer, config_yaml)
 
 
 def serve_directory(server: Server, source: Path, step: int) -> str:
@@ -73,15 +35,15 @@ def assert_same(got: Any, want: Any) -> None:
 
 
 def test_a_downloaded_checkpoint_reads_back_bit_identical_and_converts(
-    server: Server, tmp_path: Path
+    server: Server, tmp_path: Path, small_run: Path
 ) -> None:
-    source = tiny_checkpoint(tmp_path / "source")
+    source = small_run
     index = serve_directory(server, source, 2)
     dest = tmp_path / "dest"
     proc = run_cli("download", "--index", index, "--step", "2", "-o", str(dest), "-q", tmp=tmp_path)
     assert proc.returncode == 0, proc.stderr
     downloaded = dest / "step2-unsharded"
-    model_config = tiny_config(*TINY_OVERRIDES).model
+    model_config = small().model  # the model of the run that made `small_run`
     want = read_unsharded(source, model_config=model_config)
     got = read_unsharded(downloaded, model_config=model_config)
     assert_same(got.model, want.model)
@@ -93,15 +55,14 @@ def test_a_downloaded_checkpoint_reads_back_bit_identical_and_converts(
     assert (tmp_path / "hf" / "config.json").is_file()
 
 
-def test_a_downloaded_checkpoint_resumes_training(server: Server, tmp_path: Path) -> None:
-    index = serve_directory(server, tiny_checkpoint(tmp_path / "source"), 2)
+def test_a_downloaded_checkpoint_resumes_training(server: Server, tmp_path: Path, small_run: Path) -> None:
+    index = serve_directory(server, small_run, 2)
     proc = run_cli("download", "--index", index, "--latest", "-o", str(tmp_path / "dl"), "-q", tmp=tmp_path)
     assert proc.returncode == 0, proc.stderr
     downloaded = tmp_path / "dl" / "step2-unsharded"
-    tokens = tmp_path / "tokens.npy"
-    np.random.default_rng(0).integers(0, 4096, 4 * 17 * 10, dtype=np.uint16).tofile(tokens)
+    # On the data the run's config names (shared by the session, read only), two steps more.
     resumed = run_olmo_here(
-        *("resume", str(tmp_path / "run"), "--load-path", str(downloaded), "--set", f"data.paths=[{tokens}]"),
+        *("resume", str(tmp_path / "run"), "--load-path", str(downloaded), "--set", "max_duration=4"),
         *("--set", "stop_at=4", "--no-wandb", "--device", "cpu", "--json"),
         cwd=tmp_path,
     )
