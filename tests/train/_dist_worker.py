@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import os
-import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import torch
 import torch.multiprocessing as mp
 from torch import nn
+from torch.distributed import TCPStore
 from torch.optim import Optimizer
 
 from olmo_cli.config.schema import TrainConfig
@@ -31,12 +31,6 @@ GLOBAL_BATCH = 4
 LR = 1e-2
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _entry(rank: int, world_size: int, port: int, job: Callable[..., None], args: tuple[Any, ...]) -> None:
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
@@ -44,6 +38,10 @@ def _entry(rank: int, world_size: int, port: int, job: Callable[..., None], args
         RANK=str(rank),
         LOCAL_RANK=str(rank),
         WORLD_SIZE=str(world_size),
+        # The parent hosts the rendezvous store, as torchrun's agent does: when rank 0 hosted it, rank 0
+        # finishing first took it away while another rank was still tearing down its gloo connections,
+        # and that rank aborted ("terminate called without an active exception").
+        TORCHELASTIC_USE_AGENT_STORE="True",
     )
     torch.set_num_threads(1)
     world = init_world("cpu")
@@ -57,7 +55,11 @@ def _entry(rank: int, world_size: int, port: int, job: Callable[..., None], args
 
 def spawn(job: Callable[..., None], world_size: int, *args: Any) -> None:
     """Runs `job(world, *args)` in `world_size` fresh processes; raises if any of them fails."""
-    mp.spawn(_entry, args=(world_size, free_port(), job, args), nprocs=world_size, join=True)
+    store = TCPStore("127.0.0.1", 0, world_size, is_master=True, wait_for_workers=False)
+    try:
+        mp.spawn(_entry, args=(world_size, store.port, job, args), nprocs=world_size, join=True)
+    finally:
+        del store
 
 
 def tiny_config(**model_updates: Any) -> TrainConfig:
