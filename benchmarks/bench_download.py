@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from olmo_cli.hub.download import DownloadOptions, download, plan_download  # noqa: E402
 from olmo_cli.hub.index import IndexEntry  # noqa: E402
-from tests.hub._server import PatternBlob, serve  # noqa: E402
+from tests._http_server import PatternBlob, serve  # noqa: E402
 
 STEP = 1000
 PREFIX = f"ckpt/step{STEP}-unsharded"

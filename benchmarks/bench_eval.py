@@ -48,7 +48,7 @@ from olmo_cli.eval.formats import Doc  # noqa: E402
 from olmo_cli.eval.package_data import find_package_data  # noqa: E402
 from olmo_cli.eval.taskfile import TaskData  # noqa: E402
 from olmo_cli.eval.tasks import load_tasks  # noqa: E402
-from olmo_cli.load.build import load_model, load_tokenizer
+from olmo_cli.load.build import load_model, load_tokenizer  # noqa: E402
 from olmo_cli.load.read import read_checkpoint  # noqa: E402
 from olmo_cli.model.olmo import build_model  # noqa: E402
 

@@ -31,9 +31,9 @@ from olmo_cli.checkpoint.unsharded import write_unsharded  # noqa: E402
 from olmo_cli.config.loader import load_config  # noqa: E402
 from olmo_cli.config.yamlio import dump_yaml  # noqa: E402
 from olmo_cli.convert.export import export_hf  # noqa: E402
-from olmo_cli.model.generate import GenerationSettings, generate_ids  # noqa: E402
-from olmo_cli.load.build import load_model, load_tokenizer
+from olmo_cli.load.build import load_model, load_tokenizer  # noqa: E402
 from olmo_cli.load.read import read_checkpoint  # noqa: E402
+from olmo_cli.model.generate import GenerationSettings, generate_ids  # noqa: E402
 from olmo_cli.model.olmo import build_model  # noqa: E402
 
 

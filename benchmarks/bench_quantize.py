@@ -30,13 +30,13 @@ import torch  # noqa: E402
 from olmo_cli.checkpoint.unsharded import write_unsharded  # noqa: E402
 from olmo_cli.config.loader import load_config  # noqa: E402
 from olmo_cli.config.yamlio import dump_yaml  # noqa: E402
-from olmo_cli.model.generate import GenerationSettings, generate_ids  # noqa: E402
-from olmo_cli.load.build import load_model
+from olmo_cli.eval.quantized import weights_bytes  # noqa: E402
+from olmo_cli.load.build import load_model  # noqa: E402
 from olmo_cli.load.read import read_checkpoint  # noqa: E402
+from olmo_cli.model.generate import GenerationSettings, generate_ids  # noqa: E402
 from olmo_cli.model.olmo import build_model  # noqa: E402
 from olmo_cli.quant.checkpoint import write_quantized  # noqa: E402
 from olmo_cli.quant.model import quantize_state  # noqa: E402
-from olmo_cli.eval.quantized import weights_bytes  # noqa: E402
 from olmo_cli.quant.settings import QuantLayout, QuantSettings  # noqa: E402
 
 VARIANTS = {"int8": QuantSettings("int8"), "int4": QuantSettings("int4", 128)}

@@ -36,12 +36,12 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from olmo_cli.config.derived import training_flops_per_token  # noqa: E402
+from olmo_cli.config.derived import flops_per_token  # noqa: E402
 from olmo_cli.config.loader import load_config  # noqa: E402
 from olmo_cli.config.schema import TrainConfig  # noqa: E402
 from olmo_cli.convert.hf import hf_config_dict, to_hf_state_dict  # noqa: E402
-from olmo_cli.model.olmo import build_model  # noqa: E402
 from olmo_cli.model.loss import cross_entropy_loss  # noqa: E402
+from olmo_cli.model.olmo import build_model  # noqa: E402
 from olmo_cli.train.optim import build_optimizer, clip_and_step  # noqa: E402
 from olmo_cli.train.speed import measure_matmul_peak  # noqa: E402
 
@@ -191,7 +191,7 @@ def main() -> int:
             rates[name].append(tokens / timed(steps[name], ids, args.steps))
     # Measured again each run; the cache keeps the highest figure (a busy machine measures low).
     peak = measure_matmul_peak("cpu", torch.bfloat16 if bf16 else torch.float32, refresh=True)
-    flops = training_flops_per_token(cfg.model)
+    flops = sum(flops_per_token(cfg.model))
     print(f"{'model':<14} {'median tok/s':>12} {'min':>9} {'best':>9} {'MFU (median, best)':>19}")
     for name, values in rates.items():
         median, best = statistics.median(values), max(values)

@@ -1,4 +1,5 @@
-"""The process group, from the environment torchrun sets (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, ...).
+"""The process group, from the environment torchrun sets (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, ...),
+and the device a process computes on.
 
 One process without torchrun is a world of size 1 and creates no process group, so every helper here is
 a cheap no-op there and the single-process trainer needs no `if distributed` branches of its own.
@@ -21,7 +22,9 @@ __all__ = [
     "barrier",
     "broadcast_object",
     "close_world",
+    "compute_dtype",
     "init_world",
+    "pick_device",
 ]
 
 _TORCHRUN_HINT = (
@@ -82,6 +85,28 @@ def _read_env() -> tuple[int, int, int]:
         if missing:
             raise UsageError(f"WORLD_SIZE={world_size} but {', '.join(missing)} not set", hint=_TORCHRUN_HINT)
     return rank, world_size, local_rank
+
+
+def pick_device(name: str | None) -> torch.device:
+    """The device one process asked for by name (a --device option), checked; None: cuda when there is
+    one, else cpu."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise UsageError(f"--device {name}: {e}", hint="cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: CUDA is not available here", hint="use --device cpu")
+    return device
+
+
+def compute_dtype(choice: str, device: torch.device) -> torch.dtype:
+    """Weights and compute dtype: "auto" is bf16 on GPU and fp32 on CPU (bf16 matmuls are slow on many
+    CPUs); else "bf16" or "fp32"."""
+    if choice == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"bf16": torch.bfloat16, "fp32": torch.float32}[choice]
 
 
 def _resolve_device(device: str | torch.device | None, local_rank: int) -> torch.device:

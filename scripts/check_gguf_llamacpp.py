@@ -27,9 +27,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from olmo_cli.model.generate import GenerationSettings, generate_ids  # noqa: E402
-from olmo_cli.load.build import load_model, load_tokenizer
+from olmo_cli.load.build import load_model, load_tokenizer  # noqa: E402
 from olmo_cli.load.read import read_checkpoint  # noqa: E402
+from olmo_cli.model.generate import GenerationSettings, generate_ids  # noqa: E402
 from olmo_cli.quant.gguf_export import write_gguf  # noqa: E402
 
 DEFAULT_PROMPT = "def main():\n    parser = argparse."

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
-
-if TYPE_CHECKING:
-    import torch
 
 
 def complete_preset(incomplete: str) -> list[str]:
@@ -72,29 +69,3 @@ RunDeviceOption = Annotated[
 DtypeOption = Annotated[
     Dtype, typer.Option("--dtype", help="Weights and compute dtype; auto is bf16 on GPU, fp32 on CPU.")
 ]
-
-
-def resolve_device(name: str | None) -> torch.device:
-    """The --device a user asked for (default: cuda when there is one), checked."""
-    import torch
-
-    from olmo_cli.errors import UsageError
-
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as e:
-        raise UsageError(f"--device {name}: {e}", hint="cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {name}: CUDA is not available here", hint="use --device cpu")
-    return device
-
-
-def resolve_dtype(choice: Dtype, device: torch.device) -> torch.dtype:
-    """--dtype auto is bf16 on GPU and fp32 on CPU (bf16 matmuls are slow on many CPUs)."""
-    import torch
-
-    if choice is Dtype.auto:
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return torch.bfloat16 if choice is Dtype.bf16 else torch.float32

@@ -135,33 +135,41 @@ def eval_command(
     dtype: DtypeOption = Dtype.auto,
     json_output: JsonOption = False,
 ) -> None:
-    from olmo_cli.commands import _eval_run
+    from olmo_cli.commands import _eval_display
 
     if list_tasks:
-        _eval_run.show_task_list(json_output)
+        _eval_display.show_task_list(json_output)
         return
-    names = [n.strip() for item in tasks or [] for n in item.split(",") if n.strip()]
-    harness_tasks = [n.strip() for item in harness or [] for n in item.split(",") if n.strip()]
-    _eval_run.run(
-        _eval_run.Request(
-            checkpoint=checkpoint,
-            data=list(data or []),
-            perplexity=perplexity,
-            tasks=names,
-            task_files=list(task_file or []),
-            limit=limit,
-            batch_size=batch_size,
-            max_tokens=max_tokens,
-            seq_len=seq_len,
-            max_length=max_length,
-            harness=harness_tasks,
-            harness_include=harness_include,
-            output=output,
-            device=device,
-            dtype=dtype,
-            json_output=json_output,
-        )
+    if checkpoint is None:
+        from olmo_cli.errors import UsageError
+
+        raise UsageError("give the checkpoint to evaluate", hint="olmo eval CKPT [--tasks ...]")
+    from olmo_cli.eval.run import EvalRequest, run_eval
+
+    request = EvalRequest(
+        checkpoint=checkpoint,
+        perplexity=perplexity,
+        data=list(data or []),
+        tasks=_names(tasks),
+        task_files=list(task_file or []),
+        harness=_names(harness),
+        harness_include=harness_include,
+        limit=limit,
+        batch_size=batch_size,
+        max_tokens=max_tokens,
+        seq_len=seq_len,
+        max_length=max_length,
+        device=device,
+        dtype=dtype.value,
     )
+    with _eval_display.EvalProgress(enabled=not json_output) as progress:
+        result = run_eval(request, progress)
+    _eval_display.report(result, output=output, json_output=json_output)
+
+
+def _names(items: list[str] | None) -> list[str]:
+    """Comma-separated names, from one or more options."""
+    return [n.strip() for item in items or [] for n in item.split(",") if n.strip()]
 
 
 eval_command.__doc__ = _HELP  # one text for --help and the module's readers, kept beside the options

@@ -13,8 +13,6 @@ from olmo_cli.commands._options import (
     DtypeOption,
     JsonOption,
     RunDeviceOption,
-    resolve_device,
-    resolve_dtype,
 )
 
 if TYPE_CHECKING:
@@ -111,14 +109,15 @@ def generate_command(
     from olmo_cli.load.build import load_model, load_tokenizer
     from olmo_cli.load.read import read_checkpoint
     from olmo_cli.model.generate import GenerationSettings, check_cache_fits
+    from olmo_cli.world import compute_dtype, pick_device
 
     try:  # checked before the (slow) model load
         settings = GenerationSettings(max_new_tokens, temperature, top_k, top_p, seed)
     except ValueError as e:
         raise UsageError(str(e)) from None
     texts, conversations = _read_prompts(prompt, prompts_file, chat)
-    where = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, where)
+    where = pick_device(device)
+    torch_dtype = compute_dtype(dtype.value, where)
     found = read_checkpoint(checkpoint)
     for warning in found.warnings:
         ui.warn(warning)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from olmo_cli.checkpoint.layout import (
     checkpoint_dir_name,
     find_latest_checkpoint,
