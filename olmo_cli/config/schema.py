@@ -432,7 +432,9 @@ class TrainConfig(Section):
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
     save_folder: str = "./"
     remote_save_folder: str | None = None
-    canceled_check_interval: int = Field(50, gt=0)
+    canceled_check_interval: Annotated[
+        int, Field(gt=0), NotActedOn("a stop request (signal, time_limit) is checked at every step")
+    ] = 50
     save_interval: int | None = Field(1000, gt=0)
     save_interval_unsharded: int | None = Field(None, gt=0)
     save_interval_ephemeral: int | None = Field(None, gt=0)
@@ -483,9 +485,18 @@ class TrainConfig(Section):
     softmax_auxiliary_loss: bool = False
     auxiliary_loss_multiplier: float | None = 1e-4
     time_limit: float | None = Field(None, gt=0)
-    extra_steps_after_cancel: int = Field(10, ge=0)
+    extra_steps_after_cancel: Annotated[
+        int,
+        Field(ge=0),
+        NotActedOn("a stop request saves a checkpoint and ends at the next step boundary", (0,)),
+    ] = 10
     early_stopping_factor: Annotated[float | None, NotActedOn("early stopping is not implemented")] = None
-    save_data_indices: bool = True
+    save_data_indices: Annotated[
+        bool,
+        NotActedOn(
+            "olmo writes no data-indices/ files; `olmo inspect-batch` recomputes any step's batch", (False,)
+        ),
+    ] = True
     python_profiling: Annotated[bool, NotActedOn(_PROFILING)] = False
     torch_profiling: Annotated[bool, NotActedOn(_PROFILING)] = False
     stop_at: int | None = Field(None, gt=0)

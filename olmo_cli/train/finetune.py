@@ -61,7 +61,6 @@ WARMUP_FRACTION = 0.03
 # Tulu's effective batch. A base's pretraining batch (2048 sequences for the official 1B/7B) would leave
 # a finetune set of a few thousand conversations less than a step; a smaller base batch is kept.
 FINETUNE_MAX_GLOBAL_BATCH = 128
-_SCHEMA_BATCH = TrainConfig.model_fields["global_train_batch_size"].default
 LORA_LEARNING_RATE = 1e-4  # adapters start at zero and are few: they want a larger step
 
 # The fields that decide the parameters' shapes or the forward computation, read through the properties

@@ -189,3 +189,20 @@ def test_every_upstream_field_exists(section):
 def test_an_unset_extension_is_not_dumped():
     assert "lora" not in TrainConfig().model_dump(mode="json")
     assert TrainConfig(lora={"rank": 4}).model_dump(mode="json")["lora"]["rank"] == 4
+
+
+def test_upstream_run_control_olmo_does_not_act_on_is_reported():
+    # Upstream writes per-rank data-indices files and runs extra steps after a cancel; olmo does
+    # neither, so a config that asks for them hears so. The values olmo's behaviour matches pass quietly.
+    loaded = load_config(
+        preset="tiny",
+        overrides=["save_data_indices=true", "extra_steps_after_cancel=3", "canceled_check_interval=10"],
+    )
+    reported = {item.path: item.value for item in loaded.ignored}
+    assert reported == {
+        "save_data_indices": True,
+        "extra_steps_after_cancel": 3,
+        "canceled_check_interval": 10,
+    }
+    quiet = load_config(preset="tiny", overrides=["save_data_indices=false", "extra_steps_after_cancel=0"])
+    assert quiet.ignored == []
