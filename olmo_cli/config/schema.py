@@ -483,7 +483,14 @@ class TrainConfig(Section):
     fsdp: FSDPConfig = Field(default_factory=FSDPConfig)
     ddp: Annotated[DDPConfig | None, NotActedOn("olmo shards with FSDP2, not DDP")] = None
     softmax_auxiliary_loss: bool = False
-    auxiliary_loss_multiplier: float | None = 1e-4
+    auxiliary_loss_multiplier: Annotated[
+        float | None,
+        NotActedOn(
+            "upstream's trainer never reads it and scales the z-loss by 1e-4; olmo does the same, so its "
+            "losses match upstream's",
+            (1e-4, None),
+        ),
+    ] = 1e-4
     time_limit: float | None = Field(None, gt=0)
     extra_steps_after_cancel: Annotated[
         int,

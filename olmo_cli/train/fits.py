@@ -12,6 +12,7 @@ from olmo_cli.memory import device_memory, human_bytes
 
 __all__ = ["check_model_fits"]
 
+
 def check_model_fits(cfg: TrainConfig, device: torch.device, world_size: int, processes_here: int) -> None:
     """Raises ConfigError when the parameters and optimizer state alone exceed the memory of a process
     (sharded over `world_size` processes by FSDP)."""

@@ -21,6 +21,7 @@ from olmo_cli.config.schema import TrainConfig
 from olmo_cli.data.batches import RUN_ORDER_FILE, default_cache_dir
 from olmo_cli.data.dataset import MemmapDataset
 from olmo_cli.data.order import DataOrder, compute_order, load_order, rank_positions, write_order
+from olmo_cli.data.repetition import repeats_too_often
 from olmo_cli.data.summary import check_vocab
 from olmo_cli.errors import DataError
 
@@ -44,6 +45,8 @@ class DeviceBatch:
     # What is wrong with this batch (an id beyond the vocabulary, an index beyond the data). Returned
     # rather than raised so that every rank can learn of it before any of them raises (see Trainer).
     problem: DataError | None = None
+    # bool [b]: False for an instance the repetition filter drops from the loss (data.instance_filter)
+    instance_mask: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
@@ -54,12 +57,14 @@ class DeviceBatch:
         for start in range(0, len(self), size):
             part = slice(start, start + size)
             mask = self.label_mask[part] if self.label_mask is not None else None
-            out.append(DeviceBatch(self.input_ids[part], mask, self.indices[part]))
+            keep = self.instance_mask[part] if self.instance_mask is not None else None
+            out.append(DeviceBatch(self.input_ids[part], mask, self.indices[part], instance_mask=keep))
         return out
 
     def to(self, device: torch.device) -> DeviceBatch:
         mask = self.label_mask.to(device) if self.label_mask is not None else None
-        return DeviceBatch(self.input_ids.to(device), mask, self.indices)
+        keep = self.instance_mask.to(device) if self.instance_mask is not None else None
+        return DeviceBatch(self.input_ids.to(device), mask, self.indices, instance_mask=keep)
 
 
 class BatchLoader:
@@ -87,6 +92,7 @@ class BatchLoader:
         self.rank = rank
         self.world_size = world_size
         self.vocab_size = vocab_size
+        self.instance_filter = cfg.data.instance_filter
         self.order_file = order_file
         self.order_epoch = order_epoch
         self._order: tuple[int, DataOrder] | None = None
@@ -143,7 +149,10 @@ class BatchLoader:
         mask = None
         if instances and instances[0].label_mask is not None:
             mask = torch.from_numpy(np.stack([inst.label_mask for inst in instances]))
-        return DeviceBatch(torch.from_numpy(ids), mask, indices, problem)
+        keep = None
+        if self.instance_filter is not None:
+            keep = torch.tensor([not repeats_too_often(row, self.instance_filter) for row in ids])
+        return DeviceBatch(torch.from_numpy(ids), mask, indices, problem, instance_mask=keep)
 
     def write_order(self, epoch: int, run_dir: Path) -> Path:
         """Writes the epoch's order to `run_dir/train_data/global_indices.npy`, as upstream does; a given

@@ -213,6 +213,7 @@ class Trainer:
                     logits,
                     micro.input_ids,
                     micro.label_mask,
+                    instance_mask=micro.instance_mask,
                     z_loss=z_loss,
                     normalize_by=normalize_by,
                     raise_on_non_finite=False,
@@ -227,7 +228,10 @@ class Trainer:
         ce_loss, z = sums[0] / self.world.world_size, sums[1] / self.world.world_size
         check_finite(ce_loss, z if z_loss else None)
         grad_norm, lr = self._optimizer_step()
-        return self._metrics(float(ce_loss), float(z) if z_loss else None, grad_norm, lr), bool(sums[2] > 0)
+        metrics = self._metrics(float(ce_loss), float(z) if z_loss else None, grad_norm, lr)
+        if batch.instance_mask is not None:
+            metrics["train/masked_instances_local_rank"] = float((~batch.instance_mask).sum())
+        return metrics, bool(sums[2] > 0)
 
     def _optimizer_step(self) -> tuple[float, float]:
         cfg, state = self.cfg, self.state

@@ -206,3 +206,13 @@ def test_upstream_run_control_olmo_does_not_act_on_is_reported():
     }
     quiet = load_config(preset="tiny", overrides=["save_data_indices=false", "extra_steps_after_cancel=0"])
     assert quiet.ignored == []
+
+
+def test_a_z_loss_multiplier_other_than_upstreams_fixed_one_is_reported():
+    # Upstream's trainer scales the z-loss by 1e-4 whatever auxiliary_loss_multiplier says, as olmo does.
+    loaded = load_config(
+        preset="tiny", overrides=["softmax_auxiliary_loss=true", "auxiliary_loss_multiplier=1e-5"]
+    )
+    assert [(item.path, item.value) for item in loaded.ignored] == [("auxiliary_loss_multiplier", 1e-5)]
+    assert "1e-4" in loaded.ignored[0].why
+    assert load_config(preset="tiny", overrides=["auxiliary_loss_multiplier=1e-4"]).ignored == []

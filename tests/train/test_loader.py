@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from olmo_cli.config.schema import InstanceFilterConfig
 from olmo_cli.data.dataset import MemmapDataset
 from olmo_cli.errors import DataError
 from olmo_cli.train.loader import RUN_ORDER_FILE, BatchLoader
@@ -123,3 +124,23 @@ def test_label_masks_travel_with_their_instances(tmp_path):
     batch = _loader(dataset, run_config(tmp_path)).device_batch(0, 0)
     for row, index in enumerate(batch.indices):
         assert np.array_equal(batch.label_mask[row].numpy(), mask[index * SEQ : (index + 1) * SEQ])
+
+
+def test_the_repetition_filter_marks_instances_with_many_copies(tmp_path):
+    # even instances repeat one id 16 times (period 1), odd ones count up (no short period)
+    rows = [np.full(SEQ, k) if k % 2 == 0 else np.arange(SEQ) + 20 for k in range(16)]
+    np.concatenate(rows).astype("<u2").tofile(tmp_path / "t.npy")
+    dataset = MemmapDataset([str(tmp_path / "t.npy")], SEQ, "uint16")
+    rule = InstanceFilterConfig(repetition_max_period=5, repetition_min_period=1, repetition_max_count=16)
+    cfg = run_config(tmp_path)
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"instance_filter": rule})})
+    batch = _loader(dataset, cfg).device_batch(0, 0)
+    assert batch.instance_mask.tolist() == [index % 2 == 1 for index in batch.indices]
+    parts = batch.split(3)
+    assert np.array_equal(
+        np.concatenate([p.instance_mask.numpy() for p in parts]), batch.instance_mask.numpy()
+    )
+    assert _loader(dataset, run_config(tmp_path)).device_batch(0, 0).instance_mask is None
+    strict = rule.model_copy(update={"repetition_max_count": 17})  # 16 copies are not 17
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"instance_filter": strict})})
+    assert _loader(dataset, cfg).device_batch(0, 0).instance_mask.all()

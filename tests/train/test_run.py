@@ -16,7 +16,7 @@ import torch
 import olmo_cli.data.default_corpus as default_corpus
 import olmo_cli.train.prepare as prepare
 from olmo_cli.config.loader import load_config
-from olmo_cli.config.schema import DataConfig, EvaluatorConfig, WandbConfig
+from olmo_cli.config.schema import DataConfig, EvaluatorConfig, InstanceFilterConfig, WandbConfig
 from olmo_cli.errors import ConfigError, DataError
 from olmo_cli.model.olmo import build_model
 from olmo_cli.train.callbacks.wandb_sink import wandb_mode
@@ -74,6 +74,29 @@ def test_first_loss_equals_an_independent_computation(tmp_path):
     )
     expected = ce.item() * (SEQ - 1) / SEQ  # upstream divides the summed CE by B*L, not B*(L-1)
     assert losses(tmp_path / "run")[1] == pytest.approx(expected, rel=1e-6)
+
+
+def test_the_repetition_filter_takes_repeating_instances_out_of_the_loss(tmp_path):
+    """Instances with 16 copies of one id take no loss, but still count in the B*L normalizer (§3.6)."""
+    tokens = pattern_tokens(64 * SEQ, seed=1).reshape(64, SEQ)
+    tokens[::2] = (np.arange(32) % 50)[:, None]  # even instances: one id 16 times
+    write_token_dir(tmp_path / "data", tokens.reshape(-1))
+    rule = InstanceFilterConfig(repetition_max_period=13, repetition_min_period=1, repetition_max_count=16)
+    cfg = run_config(tmp_path, max_duration=2, stop_at=2)
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"instance_filter": rule})})
+    quiet_run(cfg)
+    order = _reference_order(64, cfg.seed)[:8]
+    kept = torch.tensor(order % 2 == 1)
+    batch = torch.from_numpy(_instances(tmp_path)[order])
+    logits = build_model(cfg.model, "cpu", seed=cfg.seed)(batch).float()
+    summed = torch.nn.functional.cross_entropy(
+        logits[kept, :-1].reshape(-1, logits.shape[-1]), batch[kept, 1:].reshape(-1), reduction="sum"
+    )
+    first, second = metrics(tmp_path / "run")
+    assert first["train/CrossEntropyLoss"] == pytest.approx(summed.item() / (8 * SEQ), rel=1e-6)
+    assert first["train/masked_instances_local_rank"] == int((~kept).sum())
+    second_order = _reference_order(64, cfg.seed)[8:16]
+    assert second["train/masked_instances_local_rank"] == int((second_order % 2 == 0).sum())
 
 
 def test_a_given_data_order_file_is_trained_in_and_kept_on_resume(tmp_path):
