@@ -9,8 +9,9 @@ import typer
 from olmo_cli.commands._options import ConfigOption, JsonOption, SetOption, complete_preset
 
 app = typer.Typer(
-    help="The shipped presets (tiny, 1b, 7b, ...): list them, or show one resolved with its derived "
-    "numbers.\n\nExamples:\n\n  olmo presets list\n\n  olmo presets show 7b --gpus 8",
+    help="The shipped presets (OLMo 1: tiny, 1b, 7b, ...; OLMo 2: olmo2-tiny, olmo2-1b, olmo2-7b, ...): "
+    "list them, or show one resolved with its derived numbers.\n\nExamples:\n\n  olmo presets list\n\n"
+    "  olmo presets show olmo2-7b --gpus 8",
     no_args_is_help=True,
 )
 
@@ -34,22 +35,27 @@ def list_command(json_output: JsonOption = False) -> None:
     rows = []
     for name in preset_names():
         loaded = load_config(preset=name)
-        published = loaded.preset.training_tokens if loaded.preset else None
+        info = loaded.preset
+        published = info.training_tokens if info else None
         summary = summarize(loaded.config, published_tokens=published)
-        description = loaded.preset.description if loaded.preset else ""
-        rows.append((name, description, summary))
+        rows.append((info.family if info else "", name, info.description if info else "", summary))
     if json_output:
-        ui.print_json([{"name": n, "description": d, **s.as_dict()} for n, d, s in rows])
+        ui.print_json([{"name": n, "family": f, "description": d, **s.as_dict()} for f, n, d, s in rows])
         return
-    rows.sort(key=lambda row: (row[2].params, row[0]))
+    # One section per family (OLMo 1, then OLMo 2), each from the smallest model up.
+    rows.sort(key=lambda row: (row[0] or "~", row[3].params, row[1]))
     numeric = ("parameters", "layers", "d_model", "heads", "context", "training tokens")
     wide = ui.console.width >= 110  # the description only where it fits beside the numbers
     columns = (*numeric, "description") if wide else numeric
     table = ui.table("preset", *columns, title="Presets", right=numeric)
-    for name, description, s in rows:
+    for i, (family, name, description, s) in enumerate(rows):
+        if i == 0 or family != rows[i - 1][0]:
+            if i:
+                table.add_section()
+            table.add_row(f"[bold]{family or 'other'}[/bold]")
         heads = str(s.n_heads) if s.n_kv_heads == s.n_heads else f"{s.n_heads} (kv {s.n_kv_heads})"
         table.add_row(
-            name,
+            f"  {name}",
             ui.human_count(s.params),
             str(s.n_layers),
             str(s.d_model),

@@ -41,6 +41,7 @@ Defaults = Mapping[str, Any] | Callable[[Mapping[str, Any]], Mapping[str, Any]]
 
 @dataclass(frozen=True)
 class PresetInfo:
+    family: str = ""  # "OLMo 1", "OLMo 2": how `olmo presets list` groups the presets
     description: str = ""
     training_tokens: float | None = None  # published figure, when the schedule alone can't say
     notes: str = ""
@@ -137,9 +138,9 @@ def _merged(below: dict[str, Any], above: Mapping[str, Any]) -> dict[str, Any]:
 def _preset_info(raw: Any, source: str) -> PresetInfo | None:
     if raw is None:
         return None
-    if not isinstance(raw, dict) or set(raw) - {"description", "training_tokens", "notes"}:
+    if not isinstance(raw, dict) or set(raw) - {"family", "description", "training_tokens", "notes"}:
         raise ConfigError(
-            f"{source}: the '{PRESET_KEY}' block may only hold description, training_tokens and notes"
+            f"{source}: the '{PRESET_KEY}' block may only hold family, description, training_tokens and notes"
         )
     return PresetInfo(**raw)
 

@@ -18,7 +18,10 @@ import pytest
 
 from ._helpers import ROOT, clean_env, run_olmo, run_watched
 
-PRESETS = ["1b", "65b", "7b", "7b-0424", "7b-0724", "7b-twin-2t", "tiny"]
+PRESETS = [
+    *("1b", "65b", "7b", "7b-0424", "7b-0724", "7b-twin-2t"),
+    *("olmo2-13b", "olmo2-1b", "olmo2-32b", "olmo2-7b", "olmo2-tiny", "tiny"),
+]
 SHELLS = ("bash", "zsh", "fish")
 
 

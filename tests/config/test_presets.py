@@ -4,13 +4,29 @@ import json
 import subprocess
 
 import pytest
+import torch
 
 from olmo_cli.config import derived
 from olmo_cli.config.loader import load_config
 from olmo_cli.config.presets import preset_names
+from olmo_cli.model.olmo import build_model
 from tests.cli._helpers import run_olmo
 
-ALL = ["1b", "65b", "7b", "7b-0424", "7b-0724", "7b-twin-2t", "tiny"]
+ALL = [
+    "1b",
+    "65b",
+    "7b",
+    "7b-0424",
+    "7b-0724",
+    "7b-twin-2t",
+    "olmo2-13b",
+    "olmo2-1b",
+    "olmo2-32b",
+    "olmo2-7b",
+    "olmo2-tiny",
+    "tiny",
+]
+OLMO2 = [name for name in ALL if name.startswith("olmo2-")]
 
 
 def test_the_shipped_presets():
@@ -185,7 +201,16 @@ def test_presets_show_plans_in_the_configs_precision():
 
 
 @pytest.mark.parametrize(
-    ("name", "count"), [("1b", "1,176,764,416"), ("7b", "6,888,095,744"), ("65b", "65,584,234,496")]
+    ("name", "count"),
+    [
+        ("1b", "1,176,764,416"),
+        ("7b", "6,888,095,744"),
+        ("65b", "65,584,234,496"),
+        ("olmo2-1b", "1,484,916,736"),
+        ("olmo2-7b", "7,298,617,344"),
+        ("olmo2-13b", "13,716,198,400"),
+        ("olmo2-32b", "32,234,279,936"),
+    ],
 )
 def test_presets_show_prints_exact_counts(name, count):
     out = subprocess.run(
@@ -193,3 +218,126 @@ def test_presets_show_prints_exact_counts(name, count):
     )
     assert count in out.stdout
     assert "memory per GPU (8 GPUs" in out.stdout
+
+
+def _olmo2_reference_count(model) -> int:
+    """Parameters of transformers' Olmo2ForCausalLM built on the meta device from the preset's sizes."""
+    from transformers import Olmo2Config, Olmo2ForCausalLM
+
+    hf = Olmo2Config(
+        vocab_size=model.embedding_size,
+        hidden_size=model.d_model,
+        intermediate_size=model.mlp_hidden // 2,  # ff_proj holds the SwiGLU gate and value halves
+        num_hidden_layers=model.n_layers,
+        num_attention_heads=model.n_heads,
+        num_key_value_heads=model.effective_n_kv_heads,
+        max_position_embeddings=model.max_sequence_length,
+        rope_theta=model.rope_theta,
+        rms_norm_eps=model.layer_norm_eps,
+        tie_word_embeddings=False,
+    )
+    with torch.device("meta"):
+        return sum(p.numel() for p in Olmo2ForCausalLM(hf).parameters())
+
+
+@pytest.mark.parametrize(
+    ("name", "params"),
+    [
+        ("olmo2-1b", 1_484_916_736),
+        ("olmo2-7b", 7_298_617_344),
+        ("olmo2-13b", 13_716_198_400),
+        ("olmo2-32b", 32_234_279_936),
+    ],
+)
+def test_olmo2_parameter_counts_equal_transformers(name, params):
+    model = load_config(preset=name).config.model
+    assert derived.num_params(model) == params
+    assert _olmo2_reference_count(model) == params
+    with torch.device("meta"):
+        assert sum(p.numel() for p in build_model(model, "meta").parameters()) == params
+
+
+def test_olmo2_tiny_has_the_olmo2_block_at_tinys_size():
+    tiny, olmo2 = load_config(preset="tiny").config.model, load_config(preset="olmo2-tiny").config.model
+    assert _olmo2_reference_count(olmo2) == derived.num_params(olmo2)
+    for key in ("d_model", "n_heads", "n_layers", "mlp_ratio", "max_sequence_length", "vocab_size"):
+        assert getattr(olmo2, key) == getattr(tiny, key), key
+    assert (olmo2.norm_after, olmo2.attention_layer_norm, olmo2.layer_norm_type) == (True, True, "rms")
+    assert (olmo2.weight_tying, olmo2.init_fn, olmo2.rope_theta) == (False, "normal", 500000)
+
+
+# ((d_model, heads, layers, ff_proj width = 2 x SwiGLU hidden, kv heads),
+#  lr, t_warmup in tokens, t_max, batch, micro-batch, max_duration, seed)
+OLMO2_OFFICIAL = {
+    "olmo2-1b": ((2048, 16, 16, 16384, 16), 4e-4, 8388608000, 5e12, 512, 4, "4e12T", 6198),
+    "olmo2-7b": ((4096, 32, 32, 22016, 32), 3e-4, 8388608000, 5e12, 1024, 2, "1ep", 6198),
+    "olmo2-13b": ((5120, 40, 40, 27648, 40), 3e-4, 8388608000, 5e12, 2048, 2, "1ep", 6198),
+    "olmo2-32b": ((5120, 40, 64, 55296, 8), 6e-4, 2000 * 2048 * 4096, 6.5e12, 2048, 4, "6.5e12T", 34521),
+}
+
+
+@pytest.mark.parametrize("name", list(OLMO2_OFFICIAL))
+def test_olmo2_presets_carry_the_official_stage1_settings(name):
+    cfg = load_config(preset=name).config
+    (d, heads, layers, hidden, kv), lr, warmup, t_max, batch, micro, duration, seed = OLMO2_OFFICIAL[name]
+    m = cfg.model
+    assert (m.d_model, m.n_heads, m.n_layers, m.mlp_hidden, m.effective_n_kv_heads) == (
+        d,
+        heads,
+        layers,
+        hidden,
+        kv,
+    )
+    assert (m.norm_after, m.layer_norm_type, m.layer_norm_with_affine, m.layer_norm_eps) == (
+        True,
+        "rms",
+        True,
+        1e-6,
+    )
+    assert (m.attention_layer_norm, m.attention_layer_norm_with_affine, m.rope_theta) == (True, True, 500000)
+    assert (m.init_fn, m.init_std, m.init_cutoff_factor, m.weight_tying) == ("normal", 0.02, 3, False)
+    assert (m.vocab_size, m.embedding_size, m.eos_token_id, m.pad_token_id) == (
+        100278,
+        100352,
+        100257,
+        100277,
+    )
+    assert (m.max_sequence_length, m.include_bias, m.clip_qkv) == (4096, False, None)
+    assert cfg.tokenizer.identifier == "tokenizers/allenai_dolma2.json"
+    assert (cfg.optimizer.learning_rate, cfg.optimizer.eps, cfg.optimizer.weight_decay) == (lr, 1e-8, 0.1)
+    assert (cfg.optimizer.decay_embeddings, cfg.optimizer.decay_norm_and_bias) == (False, True)
+    s = cfg.scheduler
+    assert (s.name, s.units, s.t_warmup, s.t_max, s.alpha_f) == (
+        "cosine_with_warmup",
+        "tokens",
+        warmup,
+        t_max,
+        0.1,
+    )
+    assert (cfg.global_train_batch_size, cfg.device_train_microbatch_size) == (batch, micro)
+    assert (cfg.max_duration, cfg.seed, cfg.softmax_auxiliary_loss) == (duration, seed, True)
+    assert cfg.data.memmap_dtype == "uint32"
+    if name == "olmo2-32b":  # OLMo-core's script sets no repetition filter
+        assert cfg.data.instance_filter is None
+    else:
+        rule = cfg.data.instance_filter
+        assert (rule.repetition_max_period, rule.repetition_min_period, rule.repetition_max_count) == (
+            13,
+            1,
+            32,
+        )
+
+
+def test_presets_list_groups_the_families():
+    proc = run_olmo("presets", "list", COLUMNS="160")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert out.index("OLMo 1") < out.index("  tiny") < out.index("  65b") < out.index("OLMo 2")
+    assert (
+        out.index("OLMo 2") < out.index("  olmo2-tiny") < out.index("  olmo2-1b") < out.index("  olmo2-32b")
+    )
+    assert "40 (kv 8)" in out
+    listed = _json("presets", "list")
+    assert {row["name"]: row["family"] for row in listed} == {
+        name: "OLMo 2" if name.startswith("olmo2-") else "OLMo 1" for name in ALL
+    }

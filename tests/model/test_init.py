@@ -127,3 +127,28 @@ def test_seeded_build_is_reproducible_and_private() -> None:
     third = build_model(config(n_layers=1), seed=12).state_dict()
     assert all(torch.equal(first[key], second[key]) for key in first)
     assert not torch.equal(first["transformer.wte.weight"], third["transformer.wte.weight"])
+
+
+def test_olmo2_presets_initialize_as_their_configs_say() -> None:
+    # OLMo 2's configs: init_fn normal, std 0.02 cut at 3 std for every matrix (embedding, q/k/v, MLP,
+    # output); every RMSNorm weight (attn_norm, ff_norm, q_norm, k_norm, ln_f) starts at one.
+    from olmo_cli.config.loader import load_config
+
+    cfg = load_config(preset="olmo2-tiny").config.model
+    model = build_model(cfg, seed=5)
+    names = dict(model.named_parameters())
+    assert {"transformer.blocks.0.q_norm.weight", "transformer.blocks.0.k_norm.weight"} <= set(names)
+    for name, param in names.items():
+        if param.ndim == 1:
+            assert torch.all(param == 1), name
+        else:
+            check(param, 0.02, 3.0)
+    for big in ("olmo2-1b", "olmo2-7b", "olmo2-13b", "olmo2-32b"):
+        model_cfg = load_config(preset=big).config.model
+        for name in (
+            "transformer.wte.weight",
+            "transformer.blocks.9.attn_out.weight",
+            "transformer.ff_out.weight",
+        ):
+            assert init_rule(name, model_cfg) == Normal(0.02, 3.0), (big, name)
+        assert init_rule("transformer.blocks.9.q_norm.weight", model_cfg) == Constant(1.0)
