@@ -122,3 +122,53 @@ def upstream_style_config() -> dict:
             ],
         },
     }
+
+
+def olmo2_stage2_style_config(data_path: str) -> dict:
+    """A config shaped like upstream's official-1124 OLMo2-7B-stage2-seed42.yaml (the OLMo 2 block, the
+    dolma2 tokenizer, z-loss, the repetition filter, a 50B-token linear decay from a stage-1 checkpoint),
+    its settings olmo does not act on included, with one local data path."""
+    return {
+        "run_name": "OLMo2-7B-stage2-seed42",
+        "seed": 42,
+        "model": {
+            **{"d_model": 4096, "n_heads": 32, "n_layers": 32, "mlp_hidden_size": 22016},
+            **{"weight_tying": False, "alibi": False, "rope": True, "rope_theta": 500000},
+            **{"flash_attention": True, "attention_dropout": 0.0, "include_bias": False},
+            **{"block_type": "sequential", "layer_norm_type": "rms", "layer_norm_with_affine": True},
+            **{"layer_norm_eps": 1e-6, "bias_for_layer_norm": False, "attention_layer_norm": True},
+            **{"attention_layer_norm_with_affine": True, "norm_after": True, "activation_type": "swiglu"},
+            **{"max_sequence_length": 4096, "vocab_size": 100278, "embedding_size": 100352},
+            **{"eos_token_id": 100257, "pad_token_id": 100277, "init_device": "meta", "init_fn": "normal"},
+            **{"init_std": 0.02, "init_cutoff_factor": 3},
+        },
+        "softmax_auxiliary_loss": True,
+        "auxiliary_loss_multiplier": 1e-5,
+        "fused_loss": True,
+        "optimizer": {
+            **{"name": "adamw", "learning_rate": 0.000061499, "weight_decay": 0.1, "eps": 1e-8},
+            **{"decay_norm_and_bias": True, "decay_embeddings": False, "betas": [0.9, 0.95]},
+        },
+        "scheduler": {"name": "linear_with_warmup", "t_warmup": 0, "alpha_f": 0},
+        "tokenizer": {"identifier": "tokenizers/allenai_dolma2.json", "truncate_direction": "right"},
+        "sharded_checkpointer": "olmo_core",
+        "save_interval_unsharded": 1000,
+        "load_path": None,
+        "restore_dataloader": False,
+        "no_pre_train_checkpoint": True,
+        "max_duration": "50e9T",
+        "stop_at": 11931,
+        "global_train_batch_size": 1024,
+        "device_train_microbatch_size": 2,
+        "precision": "amp_bf16",
+        "fsdp": {"wrapping_strategy": "by_block_and_size", "precision": "mixed"},
+        "data": {
+            **{"pad_direction": "right", "drop_last": True, "memmap_dtype": "uint32"},
+            "instance_filter": {
+                "repetition_max_period": 13,
+                "repetition_min_period": 1,
+                "repetition_max_count": 32,
+            },
+            "paths": [data_path],
+        },
+    }

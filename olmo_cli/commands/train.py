@@ -157,7 +157,7 @@ def train_command(
         origins={"save_folder": "--save-folder"},
     )
     if dry_run:
-        _dry_run(loaded.config, data, nproc_per_node, device, json_output)
+        _dry_run(loaded.config, data, nproc_per_node, device, json_output, loaded.ignored)
         return
     relaunch_if_asked(nproc_per_node, Path(loaded.config.save_folder))
     from olmo_cli.train.run import RunOptions
@@ -285,7 +285,12 @@ def _plain_every(cfg: TrainConfig) -> int:
 
 
 def _dry_run(
-    cfg: TrainConfig, data: list[str] | None, nproc_per_node: int, device: Device | None, json_output: bool
+    cfg: TrainConfig,
+    data: list[str] | None,
+    nproc_per_node: int,
+    device: Device | None,
+    json_output: bool,
+    ignored: list[Any],
 ) -> None:
     from olmo_cli import ui
     from olmo_cli.train.plan import count_parameters_on_meta, make_plan
@@ -296,11 +301,20 @@ def _dry_run(
     peak, source = _dry_run_peak(cfg, device)
     plan = make_plan(cfg, world_size=world_size, peak_flops=peak, dataset_instances=instances)
     if json_output:
-        ui.print_json({"parameters_built_on_meta": built, **plan.as_dict(), "peak_flops_source": source})
+        not_acted_on = [{"key": i.path, "value": i.value, "why": i.why} for i in ignored]
+        ui.print_json(
+            {
+                "parameters_built_on_meta": built,
+                **plan.as_dict(),
+                "peak_flops_source": source,
+                "not_acted_on": not_acted_on,
+            }
+        )
         return
     ui.console.print(_plan_table(cfg, plan, built, source))
     if plan.note:
         ui.warn(plan.note)
+    ui.warn_ignored(ignored)
 
 
 def _instances(cfg: TrainConfig, data: list[str] | None) -> int | None:

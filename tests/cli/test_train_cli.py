@@ -109,6 +109,33 @@ def test_dry_run_json_for_a_world_size(tmp_path):
     assert plan["memory"]["total_bytes"] > 0 and plan["tokens_per_step"] == 4_194_304
 
 
+def test_an_olmo2_stage2_config_plans_and_names_what_it_does_not_act_on(tmp_path):
+    import numpy as np
+
+    from tests._upstream_config import olmo2_stage2_style_config
+
+    np.arange(3 * 4096, dtype="<u4").tofile(tmp_path / "mix.npy")
+    config = tmp_path / "OLMo2-7B-stage2-seed42.yaml"
+    config.write_text(yaml.safe_dump(olmo2_stage2_style_config(str(tmp_path / "mix.npy"))))
+    args = ("train", "--config", str(config), "--dry-run")
+    proc = run_olmo(*args, "--json", cwd=tmp_path, **_env(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    plan = json.loads(proc.stdout)
+    assert plan["params"] == 7_298_617_344
+    # upstream's own comment: stop_at 11931 = round(50e9 / (1024 * 4096)) + 10
+    assert (plan["steps"], plan["train_steps"], plan["tokens_per_step"]) == (11921, 11931, 4_194_304)
+    assert {item["key"] for item in plan["not_acted_on"]} == {
+        "model.flash_attention",
+        "fused_loss",
+        "sharded_checkpointer",
+        "auxiliary_loss_multiplier",
+    }
+    shown = run_olmo(*args, cwd=tmp_path, **_env(tmp_path))
+    assert shown.returncode == 0, shown.stderr
+    assert "4 settings in this config are not acted on" in shown.stderr
+    assert "auxiliary_loss_multiplier = 1e-05" in shown.stderr
+
+
 # ---- a real run, and its resume ----------------------------------------------------------------------
 
 
