@@ -3,13 +3,16 @@
 For each GGUF type the checkpoint is exported as `olmo quantize --gguf TYPE` does, loaded with
 `llama_cpp.Llama`, and both sides continue the same prompt greedily from the same token ids (ours: the
 fp32 model with `generate_ids`). Also checks that llama.cpp tokenizes the prompt to the ids our tokenizer
-gives (the exported vocabulary, merges and "olmo" pre-tokenizer at work). Exits 1 unless every type
-matches ours for at least --must-match tokens.
+gives (the exported vocabulary, merges and pre-tokenizer at work). Exits 1 unless every type matches
+ours for at least --must-match tokens. OLMo 1 checkpoints export as llama.cpp's `olmo` architecture,
+OLMo 2 ones (e.g. a run of the olmo2-tiny preset, or an OLMo 2 Hugging Face directory) as `olmo2`, with
+the "dbrx" pre-tokenizer for OLMo 2's dolma2 tokenizer.
 
 Outside CI: llama-cpp-python compiles llama.cpp on install (minutes to tens of minutes).
 
     pip install llama-cpp-python      # CMAKE_ARGS="-DGGML_NATIVE=ON" for a build tuned to this CPU
     python scripts/check_gguf_llamacpp.py runs/olmo-tiny [--types f16 q8_0 q4_0] [--tokens 16]
+    python scripts/check_gguf_llamacpp.py runs/olmo2-tiny
 
 llama.cpp repacks q8_0/q4_0 weights for Intel AMX on CPUs that have it (Sapphire Rapids and later), and
 that path crashed (segfault in the first matmul) on such a machine, for files from llama.cpp's own

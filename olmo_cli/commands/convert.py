@@ -1,4 +1,4 @@
-"""`olmo convert-hf`: native (or upstream) checkpoint <-> Hugging Face transformers Olmo directory."""
+"""`olmo convert-hf`: native (or upstream) checkpoint <-> Hugging Face transformers Olmo / Olmo2 directory."""
 
 from __future__ import annotations
 
@@ -50,7 +50,9 @@ def convert_hf_command(
     overwrite: OverwriteOption = False,
     json_output: JsonOption = False,
 ) -> None:
-    """Convert between a native OLMo checkpoint and a Hugging Face transformers Olmo directory.
+    """Convert between a native OLMo checkpoint and a Hugging Face transformers directory: OLMo 1 models as
+    OlmoForCausalLM (model_type olmo), OLMo 2 models (norms after attention and MLP, QK-norm) as
+    Olmo2ForCausalLM (model_type olmo2).
 
     The export loads with transformers' AutoModelForCausalLM / AutoTokenizer.from_pretrained(DIR), no remote
     code; converting back gives bit-identical weights.
@@ -62,6 +64,8 @@ def convert_hf_command(
       olmo convert-hf runs/olmo-tiny --output hf/olmo-tiny --dtype bfloat16 --max-shard-size 2GB
 
       olmo convert-hf --from-hf ~/models/OLMo-1B-hf --output ckpt/OLMo-1B/step0-unsharded
+
+      olmo convert-hf --from-hf ~/models/OLMo-2-1124-7B --output ckpt/OLMo-2-7B/main-unsharded
     """
     if from_hf:
         _import(checkpoint, output, dtype, overwrite, json_output)

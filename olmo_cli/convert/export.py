@@ -1,7 +1,8 @@
-"""A native checkpoint written as a Hugging Face `OlmoForCausalLM` directory that transformers loads with
-`from_pretrained` and no remote code:
+"""A native checkpoint written as a Hugging Face `OlmoForCausalLM` (OLMo 1) or `Olmo2ForCausalLM` (OLMo 2)
+directory that transformers loads with `from_pretrained` and no remote code:
 
-    config.json                      model_type olmo, sizes, rope_theta, clip_qkv, tying, token ids
+    config.json                      model_type olmo / olmo2, sizes, rope_theta, clip_qkv or rms_norm_eps,
+                                     tying, token ids
     model.safetensors                or model-0000k-of-0000n.safetensors + model.safetensors.index.json
     generation_config.json           eos / pad ids
     tokenizer.json                   the checkpoint's own tokenizer, as it is
@@ -146,7 +147,7 @@ def _hf_config(checkpoint: CheckpointWeights, dtype: str) -> dict[str, Any]:
         config = hf_config_dict(checkpoint.config.model)
     except ValueError as e:
         raise UsageError(
-            str(e), hint="only OLMo-1 style models convert (see `olmo presets show 1b`)"
+            str(e), hint="OLMo 1 and OLMo 2 style models convert (see `olmo presets show 1b` or olmo2-1b)"
         ) from None
     config["torch_dtype"] = dtype
     return config

@@ -1,5 +1,6 @@
-"""A Hugging Face `OlmoForCausalLM` directory (model_type "olmo") read as a native model, and written in
-the native unsharded layout that `resume`, `finetune`, `eval` and `generate` take.
+"""A Hugging Face `OlmoForCausalLM` or `Olmo2ForCausalLM` directory (model_type "olmo" or "olmo2") read
+as a native model, and written in the native unsharded layout that `resume`, `finetune`, `eval` and
+`generate` take.
 
 Reads `config.json`, the weights (`model.safetensors`, sharded safetensors with an index, or
 `pytorch_model*.bin` through the restricted unpickler) and `tokenizer.json` if present. transformers
@@ -30,8 +31,7 @@ BIN_INDEX = "pytorch_model.bin.index.json"
 _OTHER_FAMILIES = {
     "hf_olmo": "the legacy `hf_olmo` format (allenai/OLMo-1B, OLMo-7B) needs its custom code; use the "
     "`-hf` repository of the same model (e.g. allenai/OLMo-1B-hf), which is model_type olmo",
-    "olmo2": "OLMo 2 has another block layout (QK-norm, norm after); olmo implements the OLMo-1 family",
-    "olmoe": "OLMoE is a mixture-of-experts model; olmo implements the dense OLMo-1 family",
+    "olmoe": "OLMoE is a mixture-of-experts model; olmo implements the dense OLMo 1 and OLMo 2 families",
 }
 
 
@@ -91,14 +91,18 @@ def _rope_theta(hf: dict[str, Any]) -> float:
 
 def _check_architecture(hf: dict[str, Any], source: str) -> None:
     model_type = hf.get("model_type")
-    if model_type != "olmo":
+    if model_type not in ("olmo", "olmo2"):
         hint = _OTHER_FAMILIES.get(
-            str(model_type), "olmo converts transformers' Olmo models (model_type olmo, OlmoForCausalLM)"
+            str(model_type),
+            "olmo converts transformers' OLMo models (model_type olmo or olmo2: OlmoForCausalLM, "
+            "Olmo2ForCausalLM)",
         )
-        raise UsageError(f"{source} is a {model_type!r} model, not an OLMo-1 'olmo' model", hint=hint)
+        raise UsageError(
+            f"{source} is a {model_type!r} model, not an OLMo ('olmo' or 'olmo2') model", hint=hint
+        )
     problems = []
     if hf.get("attention_bias"):
-        problems.append("attention_bias is true (OLMo-1 linears have no bias)")
+        problems.append("attention_bias is true (OLMo linears have no bias)")
     if hf.get("hidden_act", "silu") != "silu":
         problems.append(f"hidden_act is {hf.get('hidden_act')!r}, not silu")
     heads, hidden = hf.get("num_attention_heads"), hf.get("hidden_size")
@@ -125,11 +129,27 @@ def model_config_from_hf(hf: dict[str, Any], *, vocab_size: int | None = None) -
     eos = _first_id(hf.get("eos_token_id"))
     pad = _first_id(hf.get("pad_token_id"))
     eos = eos if eos is not None else 0
+    # OLMo 2: RMSNorm with weights after attention and MLP, QK-norm with weights, its own epsilon
+    olmo2 = hf.get("model_type") == "olmo2"
+    norms: dict[str, Any] = {
+        "layer_norm_type": "default",
+        "layer_norm_with_affine": False,
+        "attention_layer_norm_with_affine": False,
+    }
+    if olmo2:
+        norms = {
+            "layer_norm_type": "rms",
+            "layer_norm_with_affine": True,
+            "layer_norm_eps": float(hf.get("rms_norm_eps", 1e-6)),
+            "attention_layer_norm": True,
+            "attention_layer_norm_with_affine": True,
+            "norm_after": True,
+        }
     return ModelConfig(
         d_model=d_model,
         n_heads=n_heads,
         n_kv_heads=None if n_kv == n_heads else int(n_kv),
-        clip_qkv=hf.get("clip_qkv"),
+        clip_qkv=None if olmo2 else hf.get("clip_qkv"),
         n_layers=n_layers,
         mlp_ratio=ratio or 4,
         mlp_hidden_size=None if ratio else mlp_hidden,
@@ -139,10 +159,8 @@ def model_config_from_hf(hf: dict[str, Any], *, vocab_size: int | None = None) -
         attention_dropout=float(hf.get("attention_dropout") or 0.0),
         residual_dropout=0.0,
         embedding_dropout=0.0,
-        layer_norm_type="default",
-        layer_norm_with_affine=False,
+        **norms,
         bias_for_layer_norm=False,
-        attention_layer_norm_with_affine=False,
         include_bias=False,
         max_sequence_length=int(hf.get("max_position_embeddings", 2048)),
         vocab_size=vocab_size if vocab_size is not None and vocab_size <= embedding else embedding,
@@ -244,7 +262,7 @@ def _tokenizer_identifier(file: Path | None, fallback: str) -> str:
 
 
 def read_hf_config(path: Path | str) -> tuple[TrainConfig, Path | None]:
-    """The native config of a transformers Olmo directory (from config.json and the tokenizer, no
+    """The native config of a transformers Olmo / Olmo2 directory (from config.json and the tokenizer, no
     weights read) and its tokenizer.json, if any. An unsupported architecture is an error."""
     path = Path(path)
     if not path.is_dir():

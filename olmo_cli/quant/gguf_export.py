@@ -1,4 +1,12 @@
-"""A GGUF file in llama.cpp's `olmo` architecture (LLM_ARCH_OLMO), written with the `gguf` package.
+"""A GGUF file in llama.cpp's `olmo` architecture (LLM_ARCH_OLMO) for OLMo 1 models, or its `olmo2`
+architecture (LLM_ARCH_OLMO2) for OLMo 2 models (norms after attention and MLP), written with the `gguf`
+package.
+
+OLMo 2 (`olmo2`) differs from the list below in: the norm weights `blk.N.attn_q_norm` (d wide),
+`attn_k_norm` (KV width), `post_attention_norm`, `post_ffw_norm` and `output_norm`; `output` always
+present (llama.cpp requires it; a tied model repeats the embedding); q and k rows left as they are
+(llama.cpp rotates OLMo 2 half-split, "NEOX"); `olmo2.attention.layer_norm_rms_epsilon` and no clamp;
+the pre-tokenizer named after the tokenizer's split regex ("dbrx" for dolma2's cl100k one).
 
 Facts this follows (llama.cpp's OLMo loader and its HF converter; docs/format.md §11.3):
 - tensors `token_embd`, `output` (untied models only: llama.cpp reuses the embedding otherwise), and per
@@ -38,6 +46,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "GGUF_TYPES",
+    "gguf_arch",
     "GgufResult",
     "gguf_tensors",
     "permute_for_llama_rope",
@@ -46,7 +55,6 @@ __all__ = [
 ]
 
 GGUF_TYPES = ("f32", "f16", "q8_0", "q4_0")
-ARCH = "olmo"
 BLOCK = 32  # values per q8_0 / q4_0 block
 
 
@@ -70,8 +78,27 @@ def _require_gguf() -> Any:
     return gguf
 
 
+def gguf_arch(cfg: ModelConfig) -> str:
+    """llama.cpp's architecture for this model: 'olmo2' for the OLMo 2 block, else 'olmo'."""
+    return "olmo2" if cfg.norm_after else "olmo"
+
+
 def unsupported_for_gguf(cfg: ModelConfig) -> list[str]:
-    """What llama.cpp's `olmo` architecture cannot express about this model (empty: exportable)."""
+    """What llama.cpp's `olmo` / `olmo2` architecture cannot express about this model (empty: exportable)."""
+    if gguf_arch(cfg) == "olmo2":
+        olmo2 = [
+            (cfg.include_bias or cfg.bias_for_layer_norm, "include_bias / bias_for_layer_norm: biases"),
+            (cfg.layer_norm_type != "rms", f"layer_norm_type: {cfg.layer_norm_type} (olmo2 needs rms)"),
+            (not cfg.layer_norm_with_affine, "layer_norm_with_affine: false (olmo2 norms have weights)"),
+            (not cfg.attention_layer_norm, "attention_layer_norm: false (olmo2 has QK-norm)"),
+            (not cfg.attention_layer_norm_with_affine, "attention_layer_norm_with_affine: false"),
+            (cfg.clip_qkv is not None, "clip_qkv (olmo2 does not clamp)"),
+            (cfg.embedding_layer_norm, "embedding_layer_norm"),
+            (not cfg.rope, "rope: false (absolute or ALiBi positions)"),
+            (cfg.activation_type != "swiglu", f"activation_type: {cfg.activation_type}"),
+            (cfg.scale_logits, "scale_logits: true"),
+        ]
+        return [what for bad, what in olmo2 if bad]
     checks = [
         (cfg.include_bias, "include_bias: linear biases"),
         (cfg.layer_norm_with_affine, "layer_norm_with_affine: norm weights"),
@@ -94,6 +121,9 @@ def permute_for_llama_rope(weight: torch.Tensor, heads: int) -> torch.Tensor:
 
 def gguf_tensors(state: dict[str, torch.Tensor], cfg: ModelConfig) -> Iterator[tuple[str, torch.Tensor]]:
     """(GGUF name, fp32 weight [out, in]) in llama.cpp's order and layout."""
+    if gguf_arch(cfg) == "olmo2":
+        yield from _olmo2_tensors(state, cfg)
+        return
     yield "token_embd.weight", state["transformer.wte.weight"]
     for i in range(cfg.n_layers):
         prefix = f"transformer.blocks.{i}."
@@ -111,12 +141,43 @@ def gguf_tensors(state: dict[str, torch.Tensor], cfg: ModelConfig) -> Iterator[t
         yield "output.weight", state["transformer.ff_out.weight"]
 
 
+def _olmo2_tensors(state: dict[str, torch.Tensor], cfg: ModelConfig) -> Iterator[tuple[str, torch.Tensor]]:
+    yield "token_embd.weight", state["transformer.wte.weight"]
+    kv = cfg.effective_n_kv_heads * cfg.head_dim
+    for i in range(cfg.n_layers):
+        prefix = f"transformer.blocks.{i}."
+        q, k, v = state[prefix + "att_proj.weight"].split((cfg.d_model, kv, kv), dim=0)
+        up, gate = state[prefix + "ff_proj.weight"].chunk(2, dim=0)
+        yield f"blk.{i}.attn_q.weight", q
+        yield f"blk.{i}.attn_k.weight", k
+        yield f"blk.{i}.attn_v.weight", v
+        yield f"blk.{i}.attn_output.weight", state[prefix + "attn_out.weight"]
+        yield f"blk.{i}.attn_q_norm.weight", state[prefix + "q_norm.weight"]
+        yield f"blk.{i}.attn_k_norm.weight", state[prefix + "k_norm.weight"]
+        yield f"blk.{i}.post_attention_norm.weight", state[prefix + "attn_norm.weight"]
+        yield f"blk.{i}.ffn_gate.weight", gate
+        yield f"blk.{i}.ffn_up.weight", up
+        yield f"blk.{i}.ffn_down.weight", state[prefix + "ff_out.weight"]
+        yield f"blk.{i}.post_ffw_norm.weight", state[prefix + "ff_norm.weight"]
+    yield "output_norm.weight", state["transformer.ln_f.weight"]
+    output = "transformer.wte.weight" if cfg.weight_tying else "transformer.ff_out.weight"
+    yield "output.weight", state[output]
+
+
+def _tensor_count(cfg: ModelConfig) -> int:
+    if gguf_arch(cfg) == "olmo2":
+        return cfg.n_layers * 11 + 3
+    return cfg.n_layers * 7 + 1 + (0 if cfg.weight_tying else 1)
+
+
 def _tensor_type(name: str, array: np.ndarray, file_type: str, cfg: ModelConfig) -> str:
     if file_type == "f32" or array.ndim < 2:
         return "f32"
     if file_type == "f16" or array.shape[-1] % BLOCK:
         return "f16"
-    output_layer = name == "output.weight" or (cfg.weight_tying and name == "token_embd.weight")
+    output_layer = name == "output.weight" or (
+        cfg.weight_tying and name == "token_embd.weight" and gguf_arch(cfg) == "olmo"
+    )
     if file_type == "q4_0" and output_layer:
         return "q8_0"
     return file_type
@@ -150,18 +211,21 @@ def _write_hparams(writer: Any, gguf: Any, cfg: ModelConfig, name: str, file_typ
     writer.add_head_count(cfg.n_heads)
     writer.add_head_count_kv(cfg.effective_n_kv_heads)
     writer.add_rope_freq_base(float(cfg.rope_theta))
-    writer.add_layer_norm_eps(cfg.layer_norm_eps)
+    if gguf_arch(cfg) == "olmo2":
+        writer.add_layer_norm_rms_eps(cfg.layer_norm_eps)
+    else:
+        writer.add_layer_norm_eps(cfg.layer_norm_eps)
     writer.add_vocab_size(cfg.padded_vocab_size)
     if cfg.clip_qkv is not None:
         writer.add_clamp_kqv(float(cfg.clip_qkv))
 
 
 def _write_tokenizer(writer: Any, gguf: Any, tokenizer: ResolvedTokenizer, cfg: ModelConfig) -> None:
-    from olmo_cli.quant.gguf_vocab import bpe_vocab
+    from olmo_cli.quant.gguf_vocab import bpe_vocab, pre_tokenizer_name
 
     vocab = bpe_vocab(tokenizer.json_text, cfg.padded_vocab_size)
     writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("olmo")
+    writer.add_tokenizer_pre(pre_tokenizer_name(tokenizer.json_text))
     writer.add_token_list(vocab.tokens)
     writer.add_token_types([int(t) for t in vocab.types])
     writer.add_token_merges(vocab.merges)
@@ -191,8 +255,8 @@ def write_gguf(
     problems = unsupported_for_gguf(cfg)
     if problems:
         raise UsageError(
-            "llama.cpp's olmo architecture cannot express this model: " + "; ".join(problems),
-            hint="GGUF export covers OLMo-1 style models (see `olmo presets show 1b`)",
+            f"llama.cpp's {gguf_arch(cfg)} architecture cannot express this model: " + "; ".join(problems),
+            hint="GGUF export covers OLMo 1 and OLMo 2 style models (see `olmo presets show 1b` or olmo2-1b)",
         )
     output = Path(output)
     if output.is_dir():
@@ -201,13 +265,13 @@ def write_gguf(
         raise UsageError(f"--output {output} already exists", hint="pass --overwrite")
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(f".{output.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    writer = gguf.GGUFWriter(str(tmp), ARCH)
+    writer = gguf.GGUFWriter(str(tmp), gguf_arch(cfg))
     warnings: list[str] = []
     types: dict[str, str] = {}
     try:
         _write_hparams(writer, gguf, cfg, checkpoint.config.run_name or checkpoint.path.name, file_type)
         _write_tokenizer(writer, gguf, tokenizer, cfg)
-        total = cfg.n_layers * 7 + 1 + (0 if cfg.weight_tying else 1)
+        total = _tensor_count(cfg)
         for done, (name, weight) in enumerate(gguf_tensors(checkpoint.state, cfg), 1):
             array = weight.detach().float().contiguous().numpy()
             kind = _tensor_type(name, array, file_type, cfg)

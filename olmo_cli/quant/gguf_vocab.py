@@ -14,7 +14,14 @@ from typing import Any
 
 from olmo_cli.errors import UsageError
 
-__all__ = ["GgufVocab", "TokenType", "bpe_vocab"]
+__all__ = ["GgufVocab", "TokenType", "bpe_vocab", "pre_tokenizer_name"]
+
+# The split regex of cl100k-style tokenizers (OLMo 2's dolma2 among them), which llama.cpp runs as its
+# "dbrx" pre-tokenizer; GPT-2's own regex (ByteLevel with use_regex) is its "olmo" one.
+CL100K_SPLIT = (
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|"
+    "\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"
+)
 
 
 class TokenType(IntEnum):
@@ -72,3 +79,20 @@ def bpe_vocab(tokenizer_json: str, size: int) -> GgufVocab:
         types.append(kind)
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
     return GgufVocab(tokens, types, merges)
+
+
+def pre_tokenizer_name(tokenizer_json: str) -> str:
+    """llama.cpp's name for how this byte-level BPE splits text before merging: "olmo" for GPT-2's regex
+    (OLMo 1's tokenizers), "dbrx" for cl100k's (OLMo 2's dolma2); a UsageError for any other split."""
+    pre = json.loads(tokenizer_json).get("pre_tokenizer") or {}
+    if pre.get("type") == "ByteLevel" and pre.get("use_regex", True):
+        return "olmo"
+    parts = pre.get("pretokenizers") or [] if pre.get("type") == "Sequence" else []
+    splits = [p for p in parts if isinstance(p, dict) and p.get("type") == "Split"]
+    patterns = [(p.get("pattern") or {}).get("Regex") for p in splits]
+    if patterns == [CL100K_SPLIT] and splits[0].get("behavior") == "Removed" and splits[0].get("invert"):
+        return "dbrx"
+    raise UsageError(
+        "GGUF export knows the GPT-2 and cl100k pre-tokenizers (OLMo 1's and OLMo 2's), not this one",
+        hint=f"this tokenizer splits with {json.dumps(pre)[:200]}",
+    )

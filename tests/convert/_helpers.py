@@ -33,3 +33,23 @@ def transformers_log() -> Iterator[io.StringIO]:
         yield stream
     finally:
         logger.removeHandler(handler)
+
+
+def olmo2_model(*overrides: str):
+    """(config, model): olmo2-tiny at d_model 64, 2 layers, 128 positions, init std 0.3, and every norm
+    weight (attn_norm, ff_norm, q_norm, k_norm, ln_f) drawn from [0.5, 1.5], so a norm mapped to the
+    wrong place changes the logits."""
+    import torch
+
+    from olmo_cli.config.loader import load_config
+    from olmo_cli.model.olmo import build_model
+
+    base = ["model.d_model=64", "model.n_layers=2", "model.max_sequence_length=128", "model.init_std=0.3"]
+    cfg = load_config(preset="olmo2-tiny", overrides=[*base, *overrides]).config
+    model = build_model(cfg.model, seed=0)
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.ndim == 1:
+                param.copy_(0.5 + torch.rand(param.shape, generator=generator))
+    return cfg, model

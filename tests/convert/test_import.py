@@ -113,7 +113,7 @@ def write_config(directory, **fields) -> None:
 
 @pytest.mark.parametrize(
     ("model_type", "message"),
-    [("llama", "not an OLMo-1 'olmo' model"), ("olmo2", "OLMo 2"), ("hf_olmo", "-hf")],
+    [("llama", "not an OLMo ('olmo' or 'olmo2') model"), ("olmoe", "mixture-of-experts"), ("hf_olmo", "-hf")],
 )
 def test_other_model_types_are_refused(tmp_path, model_type, message) -> None:
     write_config(tmp_path / "m", model_type=model_type, hidden_size=64)
