@@ -17,11 +17,23 @@ if TYPE_CHECKING:
     from olmo_cli.hub.download import CheckpointPlan
     from olmo_cli.hub.index import CheckpointIndex
 
-MODEL_NAMES = ("1b", "7b", "7b-twin-2t", "7b-0424", "7b-0724")  # = olmo_cli.hub.index.MODELS
+# = the names of olmo_cli.hub.index.PUBLISHED (a test says so); here so --help never imports the engine
+MODEL_NAMES = (
+    "1b",
+    "7b",
+    "7b-twin-2t",
+    "7b-0424",
+    "7b-0724",
+    "olmo2-1b",
+    "olmo2-7b",
+    "olmo2-13b",
+    "olmo2-32b",
+)
 
 app = typer.Typer(
-    help="The published intermediate checkpoints: list them, download them."
+    help="The published intermediate checkpoints of OLMo 1 and OLMo 2: list them, download them."
     "\n\nExamples:\n\n  olmo checkpoints list --model 1b"
+    "\n\n  olmo checkpoints list --model olmo2-7b --stage 2 --ingredient 1"
     "\n\n  olmo checkpoints download --model 1b --step 20000 --dest ckpts",
     no_args_is_help=True,
 )
@@ -52,8 +64,30 @@ IndexOption = Annotated[
     typer.Option(
         "--index",
         metavar="FILE|URL",
-        help="A checkpoint index in upstream's format (CSV, header 'Step,Checkpoint Directory') instead "
-        "of the model's published one.",
+        help="A checkpoint index in upstream's format (CSV, header 'Step,Checkpoint Directory', or "
+        "'Ingredient,Step,Checkpoint Directory' for OLMo 2's stage 2) instead of the model's published one.",
+        show_default=False,
+    ),
+]
+StageOption = Annotated[
+    int | None,
+    typer.Option(
+        "--stage",
+        min=1,
+        max=2,
+        metavar="1|2",
+        help="OLMo 2's training stage: 1 (pretraining; the default) or 2 (the mid-training "
+        "ingredients). With --source hf it filters the revisions by the stage in their names.",
+        show_default=False,
+    ),
+]
+IngredientOption = Annotated[
+    str | None,
+    typer.Option(
+        "--ingredient",
+        metavar="K",
+        help="One ingredient of OLMo 2's stage 2 (1, 2, ...; 32B also has 'soup'): with --stage 2, or an "
+        "--index with an Ingredient column, or --source hf.",
         show_default=False,
     ),
 ]
@@ -110,10 +144,14 @@ def _cache_dir() -> Path:
     return Path(base) / "olmo" / "checkpoint-index"
 
 
-def _load_index(model: str | None, index: str | None) -> CheckpointIndex:
+def _load_index(
+    model: str | None, index: str | None, stage: int | None = None, ingredient: str | None = None
+) -> CheckpointIndex:
+    """The index (--index, else the model's published one for the stage), cut to `ingredient`'s rows."""
     from olmo_cli.hub.index import load_index, official_index_url
 
-    return load_index(index or official_index_url(_need_model(model)), cache_dir=_cache_dir())
+    location = index or official_index_url(_need_model(model), stage or 1)
+    return load_index(location, cache_dir=_cache_dir()).select(ingredient)
 
 
 def _hf_endpoint() -> str:
@@ -130,9 +168,11 @@ def list_command(
         typer.Option(
             "--source",
             help="official: the published index of unsharded checkpoints; hf: the model's Hugging Face "
-            "revisions (branches such as step1000-tokens4B).",
+            "revisions (branches such as step1000-tokens4B, stage1-step928646-tokens3896B).",
         ),
     ] = Source.official,
+    stage: StageOption = None,
+    ingredient: IngredientOption = None,
     preset: PresetOption = None,
     config: ConfigOption = None,
     run: RunOption = None,
@@ -142,14 +182,18 @@ def list_command(
 
     Tokens are the step times the preset's batch size in tokens (official source) or the figure in
     the Hugging Face branch name. The index is read once and cached (~/.cache/olmo/checkpoint-index).
+    OLMo 2's stage 2 (--stage 2) is several runs, its ingredients, each with its own steps: the
+    listing gets an Ingredient column, and --ingredient K keeps one.
 
     Examples:
 
       olmo checkpoints list --model 7b-0724
 
+      olmo checkpoints list --model olmo2-7b --stage 2 --ingredient 1
+
       olmo checkpoints list --preset 1b --json
 
-      olmo checkpoints list --model 7b --source hf
+      olmo checkpoints list --model olmo2-13b --source hf --stage 2
 
       olmo checkpoints list --index my-mirror/OLMo-1B.csv
     """
@@ -157,41 +201,70 @@ def list_command(
 
     name = _resolve_model(model, preset, config, run)
     if source is Source.hf:
-        rows, title = _hf_rows(_need_model(name), index)
+        rows, title = _hf_rows(_need_model(name), index, stage, ingredient)
     else:
-        rows, title = _official_rows(name, index)
+        rows, title = _official_rows(name, index, stage, ingredient)
     if json_output:
         ui.print_json(rows)
         return
-    table = ui.table("Step", "Tokens", "Checkpoint", title=title, right=("Step", "Tokens"))
+    with_ingredients = any(row.get("ingredient") is not None for row in rows)
+    columns = (
+        ("Ingredient", "Step", "Tokens", "Checkpoint")
+        if with_ingredients
+        else ("Step", "Tokens", "Checkpoint")
+    )
+    table = ui.table(*columns, title=title, right=("Step", "Tokens"))
     for row in rows:
         where = row.get("revision") or row.get("url")
-        table.add_row("-" if row["step"] is None else str(row["step"]), ui.human_count(row["tokens"]), where)
+        cells = ["-" if row["step"] is None else str(row["step"]), ui.human_count(row["tokens"]), where]
+        table.add_row(*([row.get("ingredient") or "-"] if with_ingredients else []), *cells)
     ui.console.print(table)
     ui.console.print(f"{len(rows)} checkpoints", style="dim")
 
 
-def _official_rows(model: str | None, index: str | None) -> tuple[list[dict[str, Any]], str]:
+def _official_rows(
+    model: str | None, index: str | None, stage: int | None, ingredient: str | None
+) -> tuple[list[dict[str, Any]], str]:
     from olmo_cli.hub.index import tokens_per_step
 
-    loaded = _load_index(model, index)
-    per_step = tokens_per_step(model) if model else None
-    rows = [
-        {"step": e.step, "tokens": e.step * per_step if per_step else None, "url": e.url}
-        for e in loaded.entries
-    ]
+    loaded = _load_index(model, index, stage, ingredient)
+    per_step = tokens_per_step(model) if model else None  # stage 2 trains with stage 1's batch size
+    rows = []
+    for e in loaded.entries:
+        row: dict[str, Any] = {"ingredient": e.ingredient} if loaded.has_ingredients else {}
+        row.update(step=e.step, tokens=e.step * per_step if per_step else None, url=e.url)
+        rows.append(row)
     return rows, f"Checkpoints in {loaded.source}"
 
 
-def _hf_rows(model: str, index: str | None) -> tuple[list[dict[str, Any]], str]:
+def _hf_rows(
+    model: str, index: str | None, stage: int | None, ingredient: str | None
+) -> tuple[list[dict[str, Any]], str]:
     from olmo_cli.errors import UsageError
     from olmo_cli.hub.hf import list_revisions
-    from olmo_cli.hub.index import HF_REPOS
+    from olmo_cli.hub.index import published_model
 
     if index is not None:
         raise UsageError("--index is for the official source, not --source hf")
-    repo = HF_REPOS[model]
-    revisions = list_revisions(repo, endpoint=_hf_endpoint(), token=os.environ.get("HF_TOKEN"))
+    repo = published_model(model).hf_repo
+    revisions = list_revisions(repo, endpoint=_hf_endpoint(), token=os.environ.get("HF_TOKEN") or None)
+    if stage is not None:
+        # OLMo 1's names (step{N}-tokens{T}) say no stage: it had one, so they are stage 1.
+        revisions = [
+            r
+            for r in revisions
+            if r.stage == stage or (stage == 1 and r.stage is None and r.step is not None)
+        ]
+    if ingredient is not None:
+        chosen = [r for r in revisions if r.ingredient == ingredient]
+        if not chosen:
+            there = sorted({r.ingredient for r in revisions if r.ingredient is not None})
+            raise UsageError(
+                f"no revision of {repo} is of ingredient {ingredient!r}",
+                details=[f"ingredients there: {', '.join(there) or 'none'}"],
+                hint="pick one of those with --ingredient, or leave it out",
+            )
+        revisions = chosen
     return [r.as_dict() for r in revisions], f"Hugging Face revisions of {repo}"
 
 
@@ -213,14 +286,17 @@ def download_command(
     latest: Annotated[bool, typer.Option("--latest", help="The last checkpoint in the index.")] = False,
     model: ModelOption = None,
     index: IndexOption = None,
+    stage: StageOption = None,
+    ingredient: IngredientOption = None,
     dest: Annotated[
         Path | None,
         typer.Option(
             "--dest",
             "-o",
             metavar="DIR",
-            help="Where checkpoints go, as DIR/step{N}-unsharded/ (default: checkpoints/MODEL, or "
-            "checkpoints/ with --index alone).",
+            help="Where checkpoints go, as DIR/step{N}-unsharded/ (stage 2: "
+            "DIR/stage2-ingredient{K}-step{N}-unsharded/; default: checkpoints/MODEL, or checkpoints/ with "
+            "--index alone).",
             file_okay=False,
             show_default=False,
         ),
@@ -245,6 +321,10 @@ def download_command(
 ) -> None:
     """Download checkpoints into DEST/step{N}-unsharded/, ready for `olmo resume --load-path`.
 
+    OLMo 2's stage 2 (--stage 2) has ingredients that share step numbers: pick one with --ingredient
+    K; it lands in DEST/stage2-ingredient{K}-step{N}-unsharded/. OLMo 2 32B's directories are
+    OLMo-core's sharded format, which olmo does not download: use its Hugging Face revisions.
+
     Which files: a checkpoint directory URL cannot be listed, so olmo asks the server (HEAD) for
     upstream's file names: config.yaml, model.safetensors, optim.safetensors and train.pt, and
     model.pt / optim.pt where the .safetensors file is absent. What exists is downloaded.
@@ -262,6 +342,8 @@ def download_command(
 
       olmo checkpoints download --model 1b --step 20000 --dest ckpts
 
+      olmo checkpoints download --model olmo2-7b --stage 2 --ingredient 1 --step 11931 -o ckpts
+
       olmo checkpoints download --preset 7b-0724 --latest --dry-run
 
       olmo checkpoints download --index mirror.csv --step 1000 --step 2000 -o ckpts --quiet
@@ -274,14 +356,50 @@ def download_command(
             "give --step N (one or more) or --latest", hint="`olmo checkpoints list` shows the steps"
         )
     name = _resolve_model(model, preset, config, run)
-    loaded = _load_index(name, index)
+    loaded = _load_index(name, index, stage, ingredient)
     entries = [loaded.latest()] if latest else [loaded.find(s) for s in dict.fromkeys(step or [])]
+    _refuse_sharded(name, entries)
     options = DownloadOptions(jobs=jobs, chunk_size=_parse_size(chunk_size), hf_endpoint=_hf_endpoint())
     plans = plan_download(entries, dest or Path("checkpoints", *([name] if name else [])), options)
     if dry_run:
         _show_plan(plans, json_output)
         return
     _download(plans, options, quiet=quiet, json_output=json_output)
+
+
+def _refuse_sharded(model: str | None, entries: list[Any]) -> None:
+    """OLMo-core's sharded directories: their files cannot be asked for by upstream's names, and their
+    `.metadata` is a pickle, which olmo never loads from an untrusted source."""
+    from olmo_cli.errors import UsageError
+    from olmo_cli.hub.index import is_sharded_entry, published_model
+
+    sharded = [e for e in entries if is_sharded_entry(model, e)]
+    if not sharded:
+        return
+    assert model is not None
+    first = sharded[0]
+    stage = "stage2-ingredient{K}" if first.ingredient is not None else "stage1"
+    raise UsageError(
+        f"{model}'s checkpoint at step {first.step} is in OLMo-core's sharded format, which olmo does "
+        "not download",
+        details=[
+            f"{first.url} is a torch.distributed.checkpoint directory (a .metadata pickle and "
+            "__R_0.distcp shards), not upstream's unsharded files; olmo never unpickles a downloaded "
+            ".metadata",
+            f"the same checkpoints are revisions of {published_model(model).hf_repo} "
+            f"({stage}-step{{N}}-tokens{{T}}B)",
+        ],
+        hint=f"use `olmo checkpoints download --source hf --model {model} --revision NAME` (`olmo "
+        f"checkpoints list --source hf --model {model}` lists the names), or a converted Hugging Face "
+        "repository with --source hf --repo ORG/NAME",
+    )
+
+
+def _label(plan: Any) -> str:
+    """How a checkpoint is named to the user: its step, and the ingredient where it has one."""
+    if plan.ingredient is not None:
+        return f"ingredient {plan.ingredient} step {plan.step}"
+    return f"step {plan.step}"
 
 
 def _show_plan(plans: list[CheckpointPlan], json_output: bool) -> None:
@@ -291,12 +409,12 @@ def _show_plan(plans: list[CheckpointPlan], json_output: bool) -> None:
         ui.print_json([p.as_dict() for p in plans])
         return
     table = ui.table(
-        "Step", "File", "Size", "On disk", "URL", title="Would download", right=("Size", "On disk")
+        "Checkpoint", "File", "Size", "On disk", "URL", title="Would download", right=("Size", "On disk")
     )
     for plan in plans:
         for f in plan.files:
             size = "?" if f.remote.size is None else ui.human_bytes(f.remote.size)
-            table.add_row(str(plan.step), f.remote.name, size, ui.human_bytes(f.on_disk), f.remote.url)
+            table.add_row(plan.name, f.remote.name, size, ui.human_bytes(f.on_disk), f.remote.url)
     ui.console.print(table)
     total, missing = sum(p.size for p in plans), sum(p.missing for p in plans)
     ui.console.print(f"{ui.human_bytes(missing)} to fetch of {ui.human_bytes(total)}; nothing was downloaded")
@@ -307,8 +425,8 @@ def _download(plans: list[CheckpointPlan], options: Any, *, quiet: bool, json_ou
     from olmo_cli.hub import events
     from olmo_cli.hub.download import download
 
-    finished: dict[tuple[int, str], events.FileDone] = {}
-    started: set[tuple[int, str]] = set()
+    finished: dict[tuple[str, str], events.FileDone] = {}
+    started: set[tuple[str, str]] = set()
     start = time.monotonic()
     with ui.transfers(enabled=not (quiet or json_output)) as bars:
 
@@ -317,13 +435,14 @@ def _download(plans: list[CheckpointPlan], options: Any, *, quiet: bool, json_ou
                 bars.update(event.key, event.on_disk)  # started again after the server was asked again
             elif isinstance(event, events.FileStarted):
                 started.add(event.key)
-                bars.add(event.key, f"step{event.key[0]} {event.key[1]}", event.size, event.on_disk)
+                label = event.key[0].removesuffix("-unsharded")
+                bars.add(event.key, f"{label} {event.key[1]}", event.size, event.on_disk)
             elif isinstance(event, events.Progress):
                 for key, done in event.done.items():
                     bars.update(key, done)
             elif isinstance(event, events.Retrying):
                 bars.note(
-                    f"{event.key[1]} (step {event.key[0]}): {event.reason}; try again in {event.delay_s:.1f}s"
+                    f"{event.key[1]} ({event.key[0]}): {event.reason}; try again in {event.delay_s:.1f}s"
                 )
             elif isinstance(event, events.FileDone):
                 bars.finish(event.key, event.size)
@@ -340,7 +459,7 @@ def _download(plans: list[CheckpointPlan], options: Any, *, quiet: bool, json_ou
     if json_output:
         ui.print_json(
             {
-                "checkpoints": [{"step": p.step, "path": str(p.final)} for p in plans],
+                "checkpoints": [{**p.origin(), "path": str(p.final)} for p in plans],
                 "files": rows,
                 "bytes_fetched": fetched,
                 "seconds": round(seconds, 3),
@@ -353,7 +472,7 @@ def _download(plans: list[CheckpointPlan], options: Any, *, quiet: bool, json_ou
 def _result_row(
     plan: Any, name: str, size: int | None, on_disk: int, finished: dict[Any, Any]
 ) -> dict[str, Any]:
-    done = finished.get((plan.step, name))
+    done = finished.get((plan.name, name))
     if done is None:
         status, fetched, verified = "already there", 0, "-"
     else:
@@ -361,6 +480,7 @@ def _result_row(
         fetched, verified = done.fetched, done.verified_by
     return {
         "step": plan.step,
+        "checkpoint": plan.name,
         "name": name,
         "size": size,
         "fetched": fetched,
@@ -372,11 +492,13 @@ def _result_row(
 def _show_result(plans: list[Any], rows: list[dict[str, Any]], fetched: int, seconds: float) -> None:
     from olmo_cli import ui
 
-    table = ui.table("Step", "File", "Size", "Fetched", "Status", "Verified by", right=("Size", "Fetched"))
+    table = ui.table(
+        "Checkpoint", "File", "Size", "Fetched", "Status", "Verified by", right=("Size", "Fetched")
+    )
     for r in rows:
         size = "?" if r["size"] is None else ui.human_bytes(r["size"])
         table.add_row(
-            str(r["step"]), r["name"], size, ui.human_bytes(r["fetched"]), r["status"], r["verified_by"]
+            r["checkpoint"], r["name"], size, ui.human_bytes(r["fetched"]), r["status"], r["verified_by"]
         )
     ui.console.print(table)
     if fetched:
@@ -385,4 +507,4 @@ def _show_result(plans: list[Any], rows: list[dict[str, Any]], fetched: int, sec
     else:
         ui.console.print("nothing to fetch: already downloaded")
     for plan in plans:
-        ui.console.print(f"step {plan.step}: {plan.final}")
+        ui.console.print(f"{_label(plan)}: {plan.final}")

@@ -1,7 +1,9 @@
 """Published checkpoints: the official index, Hugging Face revisions, and a robust HTTP downloader.
 
-- `index`: model names -> the published `Step,Checkpoint Directory` CSV files, parsed.
-- `hf`: the revisions (branches such as `step1000-tokens4B`) of a Hugging Face model repository.
+- `index`: the published models (OLMo 1 and OLMo 2) -> their checkpoint index CSV files, parsed
+  (`Step,Checkpoint Directory`, and OLMo 2 stage 2's `Ingredient,Step,Checkpoint Directory`).
+- `hf`: the revisions (branches such as `step1000-tokens4B`, `stage1-step928646-tokens3896B`) of a
+  Hugging Face model repository.
 - `listing`: which upstream files a checkpoint directory URL holds (HEAD probes; no listing API).
 - `download`: parallel, ranged, resumable, verified downloads into `step{N}-unsharded/` directories.
 

@@ -2,14 +2,17 @@
 
 Layout under the destination: `step{N}-unsharded/` for a complete checkpoint (with the manifest
 `.olmo-download.json`, written last, as its completion marker); `step{N}-unsharded.partial/` while
-it is being downloaded. Inside the partial directory a file has its final name only once verified,
-and the directory is renamed into place only when every file is. Re-running the same command after
-any interruption (kill -9 included) continues from the bytes on disk; see `partfile`.
+it is being downloaded. An ingredient of OLMo 2's stage 2 goes to
+`stage2-ingredient{K}-step{N}-unsharded/` (ingredients share step numbers), a Hugging Face revision to
+`{revision}/`. Inside the partial directory a file has its final name only once verified, and the
+directory is renamed into place only when every file is. Re-running the same command after any
+interruption (kill -9 included) continues from the bytes on disk; see `partfile`.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import queue
 import shutil
 import threading
@@ -27,7 +30,7 @@ from olmo_cli.hub.http import RetryPolicy
 from olmo_cli.hub.index import IndexEntry
 from olmo_cli.hub.listing import RemoteFile, list_checkpoint_files
 from olmo_cli.hub.partfile import PartFile, bytes_on_disk
-from olmo_cli.hub.paths import checkpoint_dirs, safe_child
+from olmo_cli.hub.paths import checkpoint_dirs, make_parents, safe_path
 from olmo_cli.hub.space import check_space, existing, human_size
 from olmo_cli.hub.transfer import (
     Cancelled,
@@ -60,6 +63,8 @@ class DownloadOptions:
     """Files larger than this are fetched in ranges of this size, in parallel (servers that take ranges)."""
     policy: RetryPolicy = field(default_factory=RetryPolicy)
     hf_endpoint: str = "https://huggingface.co"
+    hf_token: str | None = field(default=None, repr=False)
+    """Sent (Authorization: Bearer) to the Hugging Face endpoint only, never to a host it redirects to."""
 
 
 @dataclass(frozen=True)
@@ -73,12 +78,27 @@ class FilePlan:
 
 @dataclass(frozen=True)
 class CheckpointPlan:
-    step: int
+    step: int | None  # None for a Hugging Face revision that is not an intermediate checkpoint (main)
     url: str
     final: Path
     partial: Path
     files: tuple[FilePlan, ...]
     complete: bool  # already downloaded and matching the server's sizes
+    ingredient: str | None = None  # OLMo 2 stage 2's ingredient
+    repo: str | None = None  # a Hugging Face repository's revision: the repository and the revision
+    revision: str | None = None
+
+    @property
+    def name(self) -> str:
+        """The checkpoint's directory name under the destination: what tells checkpoints apart."""
+        return self.final.name
+
+    def origin(self) -> dict[str, Any]:
+        """What the checkpoint is a copy of, for the manifest and --json."""
+        where: dict[str, Any] = {"step": self.step, "url": self.url, "ingredient": self.ingredient}
+        if self.repo is not None:
+            where.update(repo=self.repo, revision=self.revision)
+        return where
 
     @property
     def size(self) -> int:
@@ -90,8 +110,7 @@ class CheckpointPlan:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "step": self.step,
-            "url": self.url,
+            **self.origin(),
             "path": str(self.final),
             "complete": self.complete,
             "size": self.size,
@@ -120,23 +139,31 @@ def _check_final(final: Path) -> None:
         )
 
 
-def plan_checkpoint(entry: IndexEntry, dest: Path, options: DownloadOptions) -> CheckpointPlan:
-    """What the server has for one checkpoint, and how much of it is already on disk."""
-    final, partial = checkpoint_dirs(dest, entry.step)
-    _check_final(final)
-    remote = list_checkpoint_files(
-        entry.url, policy=options.policy, jobs=options.jobs, hf_endpoint=options.hf_endpoint
-    )
+def on_disk(final: Path, partial: Path, remote: Sequence[RemoteFile]) -> tuple[tuple[FilePlan, ...], bool]:
+    """How much of each remote file is already downloaded (in `final` or `partial`), and whether the
+    checkpoint is complete. Reads only."""
     complete = _is_complete(final, remote)
     files = []
     for f in remote:
         have = 0
-        if complete or ((final / MARKER).is_file() and (final / f.name).is_file()):
-            have = f.size if (final / f.name).stat().st_size == f.size else 0
+        there = safe_path(final, f.name)
+        if complete or ((final / MARKER).is_file() and there.is_file()):
+            have = f.size if there.stat().st_size == f.size else 0
         if not have and partial.is_dir() and not partial.is_symlink():
             have = bytes_on_disk(partial, f.name, f.size, f.etag)
         files.append(FilePlan(f, have or 0))
-    return CheckpointPlan(entry.step, entry.url, final, partial, tuple(files), complete)
+    return tuple(files), complete
+
+
+def plan_checkpoint(entry: IndexEntry, dest: Path, options: DownloadOptions) -> CheckpointPlan:
+    """What the server has for one checkpoint, and how much of it is already on disk."""
+    final, partial = checkpoint_dirs(dest, entry.step, entry.ingredient)
+    _check_final(final)
+    remote = list_checkpoint_files(
+        entry.url, policy=options.policy, jobs=options.jobs, hf_endpoint=options.hf_endpoint
+    )
+    files, complete = on_disk(final, partial, remote)
+    return CheckpointPlan(entry.step, entry.url, final, partial, files, complete, entry.ingredient)
 
 
 def plan_download(
@@ -144,7 +171,7 @@ def plan_download(
 ) -> list[CheckpointPlan]:
     if dest.exists() and not dest.is_dir():
         raise CheckpointError(f"--dest {dest} is a file", hint="give a directory")
-    unique = {e.step: e for e in entries}  # one directory per step
+    unique = {(e.ingredient, e.step): e for e in entries}  # one directory per checkpoint
     return [plan_checkpoint(e, dest, options) for e in unique.values()]
 
 
@@ -157,19 +184,30 @@ def _prepare_partial(plan: CheckpointPlan) -> None:
     plan.partial.parent.mkdir(parents=True, exist_ok=True)
     plan.partial.mkdir(exist_ok=True)
     if plan.final.is_dir() and (plan.final / MARKER).is_file():  # ours, but the server's files changed
-        for child in plan.final.iterdir():
-            if child.name != MARKER and child.is_file() and not (plan.partial / child.name).exists():
-                child.replace(plan.partial / child.name)
+        for child in _files_under(plan.final):
+            relative = child.relative_to(plan.final).as_posix()
+            target = plan.partial / relative
+            if relative != MARKER and not target.exists() and not target.is_symlink():
+                make_parents(plan.partial, relative)
+                child.replace(safe_path(plan.partial, relative))
         shutil.rmtree(plan.final)
     elif plan.final.is_dir():
         plan.final.rmdir()  # empty (_check_final refused anything else)
+
+
+def _files_under(root: Path) -> list[Path]:
+    """The regular files under `root`, at any depth, without following links."""
+    found = []
+    for top, _, names in os.walk(root):
+        found += [Path(top, n) for n in names if Path(top, n).is_file() and not Path(top, n).is_symlink()]
+    return found
 
 
 def _open_jobs(plan: CheckpointPlan, options: DownloadOptions) -> list[Job]:
     jobs = []
     for f in plan.files:
         remote = f.remote
-        done = safe_child(plan.partial, remote.name)
+        done = safe_path(plan.partial, remote.name)
         if done.is_file():
             if done.stat().st_size == remote.size:
                 continue  # verified and renamed by an earlier run
@@ -179,23 +217,23 @@ def _open_jobs(plan: CheckpointPlan, options: DownloadOptions) -> list[Job]:
         chunk = options.chunk_size if remote.ranges or remote.store else 1 << 62
         on_disk = part.open(remote.url, remote.size, remote.etag, chunk)
         assert part.layout is not None
-        jobs.append(Job((plan.step, remote.name), remote, part, on_disk, [0] * part.layout.chunks))
+        jobs.append(Job((plan.name, remote.name), remote, part, on_disk, [0] * part.layout.chunks))
     return jobs
 
 
 def _finish_checkpoint(plan: CheckpointPlan, jobs: Sequence[Job]) -> None:
     verified = {job.remote.name: job.verified_by for job in jobs}
     manifest = {
-        "step": plan.step,
-        "url": plan.url,
+        **plan.origin(),
         "completed": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "files": [
             {**f.remote.as_dict(), "verified_by": verified.get(f.remote.name, "an earlier run")}
             for f in plan.files
         ],
     }
-    for leftover in plan.partial.glob(".*.part*"):  # parts of files the server no longer has
-        leftover.unlink()
+    for leftover in _files_under(plan.partial):  # parts of files the server no longer has
+        if leftover.name.startswith(".") and ".part" in leftover.name:
+            leftover.unlink()
     atomic_write_text(plan.partial / MARKER, json.dumps(manifest, indent=2) + "\n")
     fsync_dir(plan.partial)
     plan.partial.replace(plan.final)
@@ -206,15 +244,15 @@ class _Run:
     """The state of one pass of a `download` call, shared by the worker threads and the calling thread."""
 
     def __init__(
-        self, options: DownloadOptions, emit: Callable[[DownloadEvent], None], finished: set[int]
+        self, options: DownloadOptions, emit: Callable[[DownloadEvent], None], finished: set[str]
     ) -> None:
         self.options = options
         self.emit = emit
         self.cancel = threading.Event()
         self.inbox: queue.SimpleQueue[DownloadEvent] = queue.SimpleQueue()
         self.fetcher = Fetcher(options.policy, self.cancel, self.inbox.put)
-        self.jobs_by_step: dict[int, list[Job]] = {}
-        self.finished = finished  # steps renamed into place, by this pass or an earlier one
+        self.jobs_by_name: dict[str, list[Job]] = {}
+        self.finished = finished  # checkpoints (by name) renamed into place, by this pass or an earlier one
 
     def chunk(self, job: Job, i: int | None) -> None:
         if i is not None:
@@ -253,19 +291,19 @@ def _tasks(jobs: Sequence[Job]) -> list[tuple[Job, int | None]]:
 
 
 def _finish_ready(
-    run: _Run, plans: Sequence[CheckpointPlan], jobs_by_step: dict[int, list[Job]], finished: set[int]
+    run: _Run, plans: Sequence[CheckpointPlan], jobs_by_name: dict[str, list[Job]], finished: set[str]
 ) -> None:
     """Give every checkpoint whose files are all verified its final name (once)."""
     for plan in plans:
-        step_jobs = jobs_by_step[plan.step]
-        if plan.step not in finished and all(j.verified_by is not None for j in step_jobs):
-            _finish_checkpoint(plan, step_jobs)
-            finished.add(plan.step)
+        jobs = jobs_by_name[plan.name]
+        if plan.name not in finished and all(j.verified_by is not None for j in jobs):
+            _finish_checkpoint(plan, jobs)
+            finished.add(plan.name)
             run.emit(CheckpointDone(plan.step, str(plan.final)))
 
 
-def _run_pool(run: _Run, plans: Sequence[CheckpointPlan], jobs_by_step: dict[int, list[Job]]) -> None:
-    all_jobs = [j for js in jobs_by_step.values() for j in js]
+def _run_pool(run: _Run, plans: Sequence[CheckpointPlan], jobs_by_name: dict[str, list[Job]]) -> None:
+    all_jobs = [j for js in jobs_by_name.values() for j in js]
     finished = run.finished
     error: BaseException | None = None
     pool = ThreadPoolExecutor(max_workers=max(1, run.options.jobs), thread_name_prefix="olmo-download")
@@ -280,9 +318,9 @@ def _run_pool(run: _Run, plans: Sequence[CheckpointPlan], jobs_by_step: dict[int
                     run.cancel.set()
             run.drain(all_jobs)
             if error is None:
-                _finish_ready(run, plans, jobs_by_step, finished)
+                _finish_ready(run, plans, jobs_by_name, finished)
         if error is None:  # checkpoints with nothing left to fetch (stopped just before the rename)
-            _finish_ready(run, plans, jobs_by_step, finished)
+            _finish_ready(run, plans, jobs_by_name, finished)
     except BaseException:  # Ctrl-C: stop the workers, keep what they wrote
         run.cancel.set()
         raise
@@ -299,9 +337,9 @@ def _disk_full(exc: DiskFull, run: _Run, plans: Sequence[CheckpointPlan]) -> Che
     need = kept = 0
     unknown = False  # a file whose size the server did not say
     for plan in plans:
-        if plan.complete or plan.step in run.finished:
+        if plan.complete or plan.name in run.finished:
             continue
-        jobs = run.jobs_by_step.get(plan.step)
+        jobs = run.jobs_by_name.get(plan.name)
         if jobs is None:
             need += plan.missing
             continue
@@ -314,7 +352,7 @@ def _disk_full(exc: DiskFull, run: _Run, plans: Sequence[CheckpointPlan]) -> Che
                 kept += job.remote.size or 0
     root = existing(plans[0].final.parent)
     free = shutil.disk_usage(root).free
-    partial = ", ".join(str(p.partial) for p in plans if p.step not in run.finished and not p.complete)
+    partial = ", ".join(str(p.partial) for p in plans if p.name not in run.finished and not p.complete)
     still = f"{'at least ' if unknown else ''}{human_size(need)} ({need} bytes) still to download"
     if unknown:
         still += " (the server did not say every file's size)"
@@ -329,10 +367,10 @@ def _disk_full(exc: DiskFull, run: _Run, plans: Sequence[CheckpointPlan]) -> Che
 
 def _download_once(run: _Run, plans: Sequence[CheckpointPlan]) -> None:
     for plan in plans:
-        if plan.step in run.finished:
+        if plan.name in run.finished:
             continue
         if plan.complete:
-            run.finished.add(plan.step)
+            run.finished.add(plan.name)
             run.emit(CheckpointDone(plan.step, str(plan.final)))
             continue
         try:
@@ -340,25 +378,25 @@ def _download_once(run: _Run, plans: Sequence[CheckpointPlan]) -> None:
             jobs = _open_jobs(plan, run.options)
         except OSError as exc:
             raise local_write_error(exc, plan.partial) from exc
-        run.jobs_by_step[plan.step] = jobs
+        run.jobs_by_name[plan.name] = jobs
         for job in jobs:
             run.emit(FileStarted(job.key, job.remote.size, job.on_disk))
-    todo = [p for p in plans if p.step in run.jobs_by_step]
+    todo = [p for p in plans if p.name in run.jobs_by_name]
     if todo:
         try:
-            _run_pool(run, todo, run.jobs_by_step)
+            _run_pool(run, todo, run.jobs_by_name)
         except OSError as exc:  # writing the manifest or renaming the directory
             raise local_write_error(exc, todo[0].partial) from exc
 
 
-def _discard_part(plans: Sequence[CheckpointPlan], mismatch: PlanMismatch) -> list[tuple[int, str]]:
+def _discard_part(plans: Sequence[CheckpointPlan], mismatch: PlanMismatch) -> list[tuple[str, str]]:
     """Delete the part of the file that disagreed with its plan: its bytes are of no known version."""
     keys = []
     for plan in plans:
         for f in plan.files:
             if f.remote.url == mismatch.url:
                 PartFile(plan.partial, f.remote.name).discard()
-                keys.append((plan.step, f.remote.name))
+                keys.append((plan.name, f.remote.name))
     return keys
 
 
@@ -368,11 +406,17 @@ def _replan(
     """Ask the server again about every checkpoint not yet in place; drop the part that disagreed."""
     for key in _discard_part(plans, mismatch):
         run.emit(Retrying(key, mismatch.url, 1, mismatch.message, 0.0))
-    dest = plans[0].final.parent
-    return [
-        p if p.step in run.finished else plan_checkpoint(IndexEntry(p.step, p.url, 0), dest, options)
-        for p in plans
-    ]
+    return [p if p.name in run.finished else _plan_again(p, options) for p in plans]
+
+
+def _plan_again(plan: CheckpointPlan, options: DownloadOptions) -> CheckpointPlan:
+    dest = plan.final.parent
+    if plan.repo is not None and plan.revision is not None:
+        from olmo_cli.hub.hf import plan_revision
+
+        return plan_revision(plan.repo, plan.revision, dest, options)
+    assert plan.step is not None
+    return plan_checkpoint(IndexEntry(plan.step, plan.url, 0, plan.ingredient), dest, options)
 
 
 def download(
@@ -384,7 +428,7 @@ def download(
     or new ones where the server's answers disagreed with them and it was asked again (once)."""
     options = options or DownloadOptions()
     emit = on_event or (lambda event: None)
-    finished: set[int] = set()
+    finished: set[str] = set()
     current = list(plans)
     check_space(current)
     for second in (False, True):

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 __all__ = ["CheckpointDone", "DownloadEvent", "FileDone", "FileStarted", "Progress", "Retrying"]
 
-FileKey = tuple[int, str]  # (step, file name)
+FileKey = tuple[str, str]  # (checkpoint directory name, file name), e.g. ("step1000-unsharded", "train.pt")
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class FileDone:
 
 @dataclass(frozen=True)
 class CheckpointDone:
-    step: int
+    step: int | None  # None for a Hugging Face revision that is not an intermediate checkpoint
     path: str
 
 

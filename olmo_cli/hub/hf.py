@@ -1,7 +1,9 @@
 """Revisions of a Hugging Face model repository, through the Hub's HTTP API.
 
-OLMo's repositories keep every intermediate checkpoint as a branch named `step{N}-tokens{T}`
-(e.g. `step1000-tokens4B`); `GET {endpoint}/api/models/{repo}/refs` lists them.
+OLMo's repositories keep every intermediate checkpoint as a branch: OLMo 1's are named
+`step{N}-tokens{T}` (e.g. `step1000-tokens4B`), OLMo 2's `stage1-step{N}-tokens{T}B` and
+`stage2-ingredient{K}-step{N}-tokens{T}B` (e.g. `stage2-ingredient1-step11931-tokens50B`);
+`GET {endpoint}/api/models/{repo}/refs` lists them.
 """
 
 from __future__ import annotations
@@ -17,7 +19,11 @@ from olmo_cli.hub.http import RetryPolicy, as_network_error, check_status, is_tr
 __all__ = ["DEFAULT_ENDPOINT", "Revision", "list_revisions", "parse_tokens"]
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
-_BRANCH = re.compile(r"^step(?P<step>\d+)(?:-tokens(?P<tokens>\d+(?:\.\d+)?[KMBT]?))?$", re.IGNORECASE)
+_BRANCH = re.compile(
+    r"^(?:stage(?P<stage>\d{1,2})-(?:ingredient(?P<ingredient>[A-Za-z0-9_]{1,32})-)?)?"
+    r"step(?P<step>\d{1,18})(?:-tokens(?P<tokens>\d{1,15}(?:\.\d{1,6})?[KMBT]?))?$",
+    re.IGNORECASE,
+)
 _SCALE = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "T": 10**12}
 
 
@@ -27,9 +33,18 @@ class Revision:
     step: int | None  # None for branches that are not intermediate checkpoints (main)
     tokens: int | None
     commit: str | None
+    stage: int | None = None  # OLMo 2's names say the stage (1, 2); None for OLMo 1's and for main
+    ingredient: str | None = None  # OLMo 2 stage 2's ingredient ("1", ...); None elsewhere
 
     def as_dict(self) -> dict[str, Any]:
-        return {"revision": self.name, "step": self.step, "tokens": self.tokens, "commit": self.commit}
+        return {
+            "revision": self.name,
+            "step": self.step,
+            "tokens": self.tokens,
+            "stage": self.stage,
+            "ingredient": self.ingredient,
+            "commit": self.commit,
+        }
 
 
 def parse_tokens(text: str) -> int:
@@ -41,9 +56,11 @@ def parse_tokens(text: str) -> int:
 def _revision(ref: dict[str, Any]) -> Revision:
     name = str(ref.get("name", ""))
     match = _BRANCH.match(name)
-    step = int(match["step"]) if match else None
-    tokens = parse_tokens(match["tokens"]) if match and match["tokens"] else None
-    return Revision(name, step, tokens, ref.get("targetCommit"))
+    if match is None:
+        return Revision(name, None, None, ref.get("targetCommit"))
+    tokens = parse_tokens(match["tokens"]) if match["tokens"] else None
+    stage = int(match["stage"]) if match["stage"] else None
+    return Revision(name, int(match["step"]), tokens, ref.get("targetCommit"), stage, match["ingredient"])
 
 
 def _get_json(url: str, headers: dict[str, str], policy: RetryPolicy) -> Any:
@@ -86,4 +103,18 @@ def list_revisions(
     if not isinstance(data, dict) or not isinstance(data.get("branches"), list):
         raise NetworkError(f"{url}: unexpected answer (no 'branches' list)")
     revisions = [_revision(ref) for ref in data["branches"] if isinstance(ref, dict)]
-    return sorted(revisions, key=lambda r: (r.step is None, r.step or 0, r.name))
+    return sorted(revisions, key=_order)
+
+
+def _order(r: Revision) -> tuple[Any, ...]:
+    """Intermediate checkpoints by stage, ingredient (numbers in numeric order) and step; others after."""
+    ingredient = r.ingredient or ""
+    return (
+        r.step is None,
+        r.stage or 0,
+        not ingredient.isdigit(),
+        int(ingredient) if ingredient.isdigit() else 0,
+        ingredient,
+        r.step or 0,
+        r.name,
+    )

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from olmo_cli.atomic import atomic_write_text, fsync_dir
-from olmo_cli.hub.paths import safe_child
+from olmo_cli.hub.paths import make_parents, safe_child, safe_path
 
 __all__ = ["Layout", "PartFile", "bytes_on_disk"]
 
@@ -55,11 +55,15 @@ class Layout:
 
 class PartFile:
     def __init__(self, directory: Path, name: str) -> None:
+        """`name`: a file name, or a relative POSIX path (a Hugging Face repository's `sub/file`); the
+        part's siblings go next to the file, in its own directory."""
         self.name = name
-        self.final = safe_child(directory, name)
-        self.data_path = safe_child(directory, f".{name}.part")
-        self.cursor_path = safe_child(directory, f".{name}.part.cursors")
-        self.meta_path = safe_child(directory, f".{name}.part.json")
+        self.directory = directory
+        self.final = safe_path(directory, name)
+        parent, base = self.final.parent, self.final.name
+        self.data_path = safe_child(parent, f".{base}.part")
+        self.cursor_path = safe_child(parent, f".{base}.part.cursors")
+        self.meta_path = safe_child(parent, f".{base}.part.json")
         self.layout: Layout | None = None
         self.cursors: list[int] = []
         self._data_fd = -1
@@ -95,6 +99,7 @@ class PartFile:
 
     def open(self, url: str, size: int | None, etag: str | None, chunk_size: int) -> int:
         """Continue the part on disk if it is of the same remote file, else start over; bytes done."""
+        make_parents(self.directory, self.name)
         layout = self.load_layout()
         cursors = self.read_cursors(layout) if layout and layout.matches(size, etag) else None
         if layout is None or cursors is None:

@@ -62,11 +62,14 @@ def files_under(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def run_cli(*args: str, tmp: Path, **popen: Any) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, tmp: Path, env: dict[str, str] | None = None, **popen: Any
+) -> subprocess.CompletedProcess[str]:
+    """`olmo checkpoints ARGS`, with `env` on top of the test's own environment."""
     return subprocess.run(
         [olmo_executable(), "checkpoints", *args],
         cwd=ROOT,
-        env=cli_env(tmp),
+        env={**cli_env(tmp), **(env or {})},
         capture_output=True,
         text=True,
         timeout=120,

@@ -134,7 +134,9 @@ def test_the_model_comes_from_preset_or_run_and_a_missing_one_lists_the_choices(
     for args in (["list"], ["list", "--preset", "tiny"], ["download", "--latest"]):
         proc = run_cli(*args, tmp=tmp_path)
         assert proc.returncode == 2, args
-        assert "1b, 7b, 7b-twin-2t, 7b-0424, 7b-0724" in proc.stderr, args
+        assert (
+            "1b, 7b, 7b-twin-2t, 7b-0424, 7b-0724, olmo2-1b, olmo2-7b, olmo2-13b, olmo2-32b" in proc.stderr
+        ), args
 
 
 def test_hf_revisions_are_listed_from_the_hub_api(server: Server, tmp_path: Path) -> None:
