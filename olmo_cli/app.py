@@ -22,6 +22,7 @@ from olmo_cli.commands import (
     inspect,
     presets,
     quantize,
+    soup,
     train,
 )
 from olmo_cli.commands import eval as eval_module
@@ -35,7 +36,8 @@ app = typer.Typer(
     "\n\n  olmo inspect-batch 0 --run runs/olmo-tiny"
     "\n\n  olmo generate runs/olmo-tiny --prompt 'def main():'"
     "\n\n  olmo eval runs/olmo-tiny --perplexity data/val"
-    "\n\n  olmo quantize runs/olmo-tiny --method int8 --output runs/olmo-tiny-int8",
+    "\n\n  olmo quantize runs/olmo-tiny --method int8 --output runs/olmo-tiny-int8"
+    "\n\n  olmo soup ckpts/ingredient1 ckpts/ingredient2 ckpts/ingredient3 --output ckpts/soup",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -51,6 +53,7 @@ app.command("convert-hf")(convert.convert_hf_command)
 app.command("generate")(generate.generate_command)
 app.command("quantize")(quantize.quantize_command)
 app.command("eval")(eval_module.eval_command)
+app.command("soup")(soup.soup_command)
 
 
 def _version(value: bool) -> None:

@@ -92,3 +92,23 @@ def test_stage2_keeps_stage1s_adam_moments_unless_told_to_reset(stages, tmp_path
     quiet_run(reset)
     fresh = read_unsharded(reset.save_folder + f"/step{STAGE2_STEPS}-unsharded").optim["state"]
     assert int(fresh[name]["step"]) == STAGE2_STEPS
+
+
+def test_the_soup_of_three_stage2_ingredients_is_their_average(stages, tmp_path):
+    # As OLMo 2's final models: stage 2 run three times from one stage-1 checkpoint (seeds 42, 43, 44),
+    # then the plain average of the three last checkpoints.
+    from tests.cli._helpers import run_olmo_here
+
+    _, _, checkpoint, stage2, result = stages
+    finals = [result.checkpoint]
+    for seed in (43, 44):
+        ingredient = _stage2(tmp_path / f"seed{seed}", checkpoint, seed=seed)
+        finals.append(quiet_run(ingredient)[0].checkpoint)
+    out = run_olmo_here("soup", *map(str, finals), "--output", str(tmp_path / "soup"))
+    assert out.returncode == 0, out.stderr
+    soup = read_unsharded(tmp_path / "soup").model
+    states = [read_unsharded(path).model for path in finals]
+    assert not torch.equal(states[0]["transformer.wte.weight"], states[1]["transformer.wte.weight"])
+    for name in states[0]:
+        expected = (sum(state[name].double() for state in states) / 3).float()
+        assert torch.equal(soup[name], expected), name
