@@ -288,6 +288,33 @@ def download_command(
     index: IndexOption = None,
     stage: StageOption = None,
     ingredient: IngredientOption = None,
+    source: Annotated[
+        Source,
+        typer.Option(
+            "--source",
+            help="official: the published index's checkpoint directories; hf: one revision of a Hugging "
+            "Face repository (the model's, or --repo), every file of it.",
+        ),
+    ] = Source.official,
+    repo: Annotated[
+        str | None,
+        typer.Option(
+            "--repo",
+            metavar="ORG/NAME",
+            help="With --source hf: any Hugging Face model repository instead of the --model's.",
+            show_default=False,
+        ),
+    ] = None,
+    revision: Annotated[
+        str | None,
+        typer.Option(
+            "--revision",
+            metavar="NAME",
+            help="With --source hf: the branch, tag or commit (default: main), e.g. "
+            "stage1-step928646-tokens3896B; `olmo checkpoints list --source hf` lists them.",
+            show_default=False,
+        ),
+    ] = None,
     dest: Annotated[
         Path | None,
         typer.Option(
@@ -295,8 +322,8 @@ def download_command(
             "-o",
             metavar="DIR",
             help="Where checkpoints go, as DIR/step{N}-unsharded/ (stage 2: "
-            "DIR/stage2-ingredient{K}-step{N}-unsharded/; default: checkpoints/MODEL, or checkpoints/ with "
-            "--index alone).",
+            "DIR/stage2-ingredient{K}-step{N}-unsharded/; --source hf: DIR/REVISION/; default: "
+            "checkpoints/MODEL, checkpoints/ORG--NAME with --repo, or checkpoints/ with --index alone).",
             file_okay=False,
             show_default=False,
         ),
@@ -325,6 +352,11 @@ def download_command(
     K; it lands in DEST/stage2-ingredient{K}-step{N}-unsharded/. OLMo 2 32B's directories are
     OLMo-core's sharded format, which olmo does not download: use its Hugging Face revisions.
 
+    --source hf downloads every file of one revision of a Hugging Face repository (the model's, or
+    --repo ORG/NAME) into DEST/REVISION/, listed by the Hub's tree API and checked against its
+    SHA-256 (LFS files) or git blob id; a converted repository's revision is a directory that `olmo
+    convert-hf --from-hf`, `generate` and `eval` take. HF_ENDPOINT and HF_TOKEN are honoured.
+
     Which files: a checkpoint directory URL cannot be listed, so olmo asks the server (HEAD) for
     upstream's file names: config.yaml, model.safetensors, optim.safetensors and train.pt, and
     model.pt / optim.pt where the .safetensors file is absent. What exists is downloaded.
@@ -344,6 +376,10 @@ def download_command(
 
       olmo checkpoints download --model olmo2-7b --stage 2 --ingredient 1 --step 11931 -o ckpts
 
+      olmo checkpoints download --source hf --model olmo2-7b --revision stage1-step928646-tokens3896B
+
+      olmo checkpoints download --source hf --repo allenai/OLMo-2-0425-1B --dest hf --dry-run
+
       olmo checkpoints download --preset 7b-0724 --latest --dry-run
 
       olmo checkpoints download --index mirror.csv --step 1000 --step 2000 -o ckpts --quiet
@@ -351,20 +387,56 @@ def download_command(
     from olmo_cli.errors import UsageError
     from olmo_cli.hub.download import DownloadOptions, plan_download
 
-    if bool(step) == latest:
-        raise UsageError(
-            "give --step N (one or more) or --latest", hint="`olmo checkpoints list` shows the steps"
-        )
-    name = _resolve_model(model, preset, config, run)
-    loaded = _load_index(name, index, stage, ingredient)
-    entries = [loaded.latest()] if latest else [loaded.find(s) for s in dict.fromkeys(step or [])]
-    _refuse_sharded(name, entries)
-    options = DownloadOptions(jobs=jobs, chunk_size=_parse_size(chunk_size), hf_endpoint=_hf_endpoint())
-    plans = plan_download(entries, dest or Path("checkpoints", *([name] if name else [])), options)
+    options = DownloadOptions(
+        jobs=jobs,
+        chunk_size=_parse_size(chunk_size),
+        hf_endpoint=_hf_endpoint(),
+        hf_token=os.environ.get("HF_TOKEN") or None,
+    )
+    if source is Source.hf:
+        if step or latest or index is not None or stage is not None or ingredient is not None:
+            raise UsageError(
+                "--source hf downloads one revision: give it with --revision NAME (default: main), not "
+                "--step, --latest, --index, --stage or --ingredient",
+                hint="`olmo checkpoints list --source hf --model NAME` lists the revisions with their steps",
+            )
+        plans = _plan_hf(repo, revision, dest, _resolve_model(model, preset, config, run), options)
+    else:
+        if repo is not None or revision is not None:
+            raise UsageError("--repo and --revision are for --source hf", hint="add --source hf")
+        if bool(step) == latest:
+            raise UsageError(
+                "give --step N (one or more) or --latest", hint="`olmo checkpoints list` shows the steps"
+            )
+        name = _resolve_model(model, preset, config, run)
+        loaded = _load_index(name, index, stage, ingredient)
+        entries = [loaded.latest()] if latest else [loaded.find(s) for s in dict.fromkeys(step or [])]
+        _refuse_sharded(name, entries)
+        plans = plan_download(entries, dest or Path("checkpoints", *([name] if name else [])), options)
     if dry_run:
         _show_plan(plans, json_output)
         return
     _download(plans, options, quiet=quiet, json_output=json_output)
+
+
+def _plan_hf(
+    repo: str | None, revision: str | None, dest: Path | None, model: str | None, options: Any
+) -> list[CheckpointPlan]:
+    from olmo_cli.errors import UsageError
+    from olmo_cli.hub.download import plan_revision
+    from olmo_cli.hub.hf import check_repo
+    from olmo_cli.hub.index import published_model
+
+    if repo is not None and model is not None:
+        raise UsageError(
+            "give --repo or a model (--model, --preset, --config, --run), not both",
+            hint="--repo names any Hugging Face repository; a model names its published one",
+        )
+    if repo is None:
+        repo = published_model(_need_model(model)).hf_repo
+    check_repo(repo)
+    default = Path("checkpoints", model or repo.replace("/", "--"))
+    return [plan_revision(repo, revision or "main", dest or default, options)]
 
 
 def _refuse_sharded(model: str | None, entries: list[Any]) -> None:
@@ -396,7 +468,9 @@ def _refuse_sharded(model: str | None, entries: list[Any]) -> None:
 
 
 def _label(plan: Any) -> str:
-    """How a checkpoint is named to the user: its step, and the ingredient where it has one."""
+    """How a checkpoint is named to the user: its revision, or its step and ingredient."""
+    if plan.revision is not None:
+        return f"revision {plan.revision}"
     if plan.ingredient is not None:
         return f"ingredient {plan.ingredient} step {plan.step}"
     return f"step {plan.step}"

@@ -5,7 +5,8 @@
 - `hf`: the revisions (branches such as `step1000-tokens4B`, `stage1-step928646-tokens3896B`) of a
   Hugging Face model repository.
 - `listing`: which upstream files a checkpoint directory URL holds (HEAD probes; no listing API).
-- `download`: parallel, ranged, resumable, verified downloads into `step{N}-unsharded/` directories.
+- `download`: parallel, ranged, resumable, verified downloads into `step{N}-unsharded/` directories
+  (and a Hugging Face revision's files, listed by `hf.list_repo_files`, into `{revision}/`).
 
 Nothing here prints: progress and retries are reported as the events in `events`.
 """

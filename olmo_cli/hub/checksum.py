@@ -16,7 +16,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Checksum", "checksum_from_headers", "file_digest"]
+__all__ = ["GIT_BLOB_SHA1", "Checksum", "checksum_from_headers", "file_digest"]
+
+GIT_BLOB_SHA1 = "git-sha1"
+"""Git's object id of a file: SHA-1 of `blob {size}\\0` and the content (the Hub's `oid` of a small file)."""
 
 _HEX = {"md5": 32, "sha1": 40, "sha256": 64}
 _PLAIN_ETAG = re.compile(r'^"?([0-9a-fA-F]{32})"?$')
@@ -24,7 +27,7 @@ _PLAIN_ETAG = re.compile(r'^"?([0-9a-fA-F]{32})"?$')
 
 @dataclass(frozen=True)
 class Checksum:
-    algorithm: str  # a hashlib name: md5, sha1, sha256
+    algorithm: str  # a hashlib name (md5, sha1, sha256), or GIT_BLOB_SHA1
     hexdigest: str
     source: str  # the header it came from, for messages
 
@@ -91,7 +94,10 @@ def checksum_from_headers(
 
 
 def file_digest(path: Path, algorithm: str, block: int = 8 << 20) -> str:
-    digest = hashlib.new(algorithm)
+    if algorithm == GIT_BLOB_SHA1:
+        digest = hashlib.sha1(b"blob %d\0" % path.stat().st_size)
+    else:
+        digest = hashlib.new(algorithm)
     buffer = bytearray(block)
     view = memoryview(buffer)
     with open(path, "rb", buffering=0) as f:

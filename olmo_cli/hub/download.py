@@ -30,7 +30,7 @@ from olmo_cli.hub.http import RetryPolicy
 from olmo_cli.hub.index import IndexEntry
 from olmo_cli.hub.listing import RemoteFile, list_checkpoint_files
 from olmo_cli.hub.partfile import PartFile, bytes_on_disk
-from olmo_cli.hub.paths import checkpoint_dirs, make_parents, safe_path
+from olmo_cli.hub.paths import checkpoint_dirs, make_parents, named_dirs, safe_path
 from olmo_cli.hub.space import check_space, existing, human_size
 from olmo_cli.hub.transfer import (
     Cancelled,
@@ -50,6 +50,7 @@ __all__ = [
     "FilePlan",
     "download",
     "plan_download",
+    "plan_revision",
 ]
 
 MARKER = ".olmo-download.json"
@@ -164,6 +165,26 @@ def plan_checkpoint(entry: IndexEntry, dest: Path, options: DownloadOptions) -> 
     )
     files, complete = on_disk(final, partial, remote)
     return CheckpointPlan(entry.step, entry.url, final, partial, files, complete, entry.ingredient)
+
+
+def plan_revision(repo: str, revision: str, dest: Path, options: DownloadOptions) -> CheckpointPlan:
+    """What a Hugging Face repository holds at `revision` (its tree API), for `dest/{revision}/`, and how
+    much of it is already on disk."""
+    from olmo_cli.hub.hf import list_repo_files, parse_revision, revision_dir_name
+
+    if dest.exists() and not dest.is_dir():
+        raise CheckpointError(f"--dest {dest} is a file", hint="give a directory")
+    final, partial = named_dirs(dest, revision_dir_name(revision))
+    _check_final(final)
+    remote = list_repo_files(
+        repo, revision, endpoint=options.hf_endpoint, token=options.hf_token, policy=options.policy
+    )
+    files, complete = on_disk(final, partial, remote)
+    parsed = parse_revision(revision)
+    url = f"hf://{repo}@{revision}/"
+    return CheckpointPlan(
+        parsed.step, url, final, partial, files, complete, parsed.ingredient, repo=repo, revision=revision
+    )
 
 
 def plan_download(
@@ -412,8 +433,6 @@ def _replan(
 def _plan_again(plan: CheckpointPlan, options: DownloadOptions) -> CheckpointPlan:
     dest = plan.final.parent
     if plan.repo is not None and plan.revision is not None:
-        from olmo_cli.hub.hf import plan_revision
-
         return plan_revision(plan.repo, plan.revision, dest, options)
     assert plan.step is not None
     return plan_checkpoint(IndexEntry(plan.step, plan.url, 0, plan.ingredient), dest, options)

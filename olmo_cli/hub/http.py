@@ -8,6 +8,7 @@ scheme: they fail at once, naming the URL and what to do.
 
 Redirects are followed here, not by requests: a redirect's body is never read (a hostile one may never
 end), a loop is noticed on its first repeat, and only same-scheme or http -> https redirects are taken.
+An Authorization header is dropped at a redirect to another host.
 """
 
 from __future__ import annotations
@@ -138,6 +139,9 @@ def request(
         response.close()  # unread: closing drops the connection instead of draining the body
         target = urljoin(current, location.strip())
         check_redirect(current, target, url)
+        if headers and _origin(target) != _origin(current):
+            # A token is for the host it was given to (the Hub), not for the CDN it redirects to.
+            headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
         if target in seen:
             raise NetworkError(
                 f"{url}: the server redirects in a loop (back to {target[:200]})",
@@ -151,6 +155,11 @@ def request(
         history.append(response)
         seen.add(target)
         current = target
+
+
+def _origin(url: str) -> tuple[str, str]:
+    parts = urlsplit(url)
+    return parts.scheme.lower(), parts.netloc.lower()
 
 
 def is_transient_error(exc: BaseException) -> bool:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -41,6 +41,8 @@ class RemoteFile:
     """Whether the server answers byte-range requests (needed for chunks and resuming)."""
     last_modified: str | None = None
     """The version, where the server gives no strong ETag: compared with each answer, sent as If-Range."""
+    headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    """Sent with every request for the file (a Hugging Face token); never shown or written down."""
 
     @property
     def store(self) -> bool:

@@ -249,7 +249,7 @@ def _http_once(job: Job, i: int, start: int, end: int | None, fetcher: Fetcher) 
     url, part = job.remote.url, job.part
     assert part.layout is not None
     ranged = start > 0 or part.layout.chunks > 1
-    headers = {}
+    headers = dict(job.remote.headers)
     if ranged:
         headers["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
         validator = job.remote.etag or job.remote.last_modified
