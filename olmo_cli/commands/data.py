@@ -24,6 +24,12 @@ class Dtype(str, Enum):
     uint32 = "uint32"
 
 
+class ChatFormat(str, Enum):
+    auto = "auto"
+    tulu = "tulu"
+    olmo2 = "olmo2"
+
+
 def _complete_tokenizer(incomplete: str) -> list[str]:
     from olmo_cli.data.tokenizer import UPSTREAM_IDS, builtin_names
 
@@ -94,6 +100,15 @@ def tokenize_command(
             "label mask file in which only assistant turns count. Conversations are not padded.",
         ),
     ] = False,
+    chat_format: Annotated[
+        ChatFormat,
+        typer.Option(
+            "--chat-format",
+            help="With --chat: tulu (OLMo 1: texts stripped, a newline after every assistant EOS) or olmo2 "
+            "(OLMo 2 SFT/instruct: texts as they are, no newline after the last assistant EOS); auto: olmo2 "
+            "for OLMo 2's dolma2 tokenizer, else tulu.",
+        ),
+    ] = ChatFormat.auto,
     dtype: Annotated[
         Dtype, typer.Option(help="Token file dtype; auto: uint16 when the vocabulary fits, else uint32.")
     ] = Dtype.auto,
@@ -134,6 +149,7 @@ def tokenize_command(
         max_tokens_per_file=max_tokens_per_file,
         skip_bad=skip_bad,
         chat=chat,
+        chat_format=chat_format.value,
         dtype=dtype.value,
         eos_token_id=eos_token_id,
         processes=processes,

@@ -56,7 +56,11 @@ def generate_command(
         ),
     ] = None,
     chat: Annotated[
-        bool, typer.Option("--chat", help="Wrap each prompt as a user turn in the OLMo/Tulu chat format.")
+        bool,
+        typer.Option(
+            "--chat",
+            help="Wrap each prompt as a user turn in the OLMo chat format (OLMo 2's with its tokenizer).",
+        ),
     ] = False,
     max_new_tokens: Annotated[
         int, typer.Option("--max-new-tokens", "-n", min=1, help="Tokens to generate.")
@@ -197,13 +201,15 @@ def _read_prompts(
 def _encode(
     texts: list[str], conversations: list[list[tuple[str, str]] | None], tokenizer: ResolvedTokenizer
 ) -> list[list[int]]:
-    from olmo_cli.data.chat import render_prompt
+    from olmo_cli.data.chat import chat_format_for, render_prompt
 
-    eos = tokenizer.identity.eos_token_id
+    identity = tokenizer.identity
+    eos = identity.eos_token_id
+    style = chat_format_for(identity.identifier, identity.vocab_size, eos)  # OLMo 2's for dolma2
     prompts = []
     for text, conversation in zip(texts, conversations, strict=True):
         if conversation is not None:
-            prompts.append(render_prompt(conversation, tokenizer.tokenizer, eos, tokenizer.eos_token))
+            prompts.append(render_prompt(conversation, tokenizer.tokenizer, eos, tokenizer.eos_token, style))
         else:
             # No BOS in OLMo; an empty prompt starts a fresh document, which EOS marks.
             prompts.append(tokenizer.encode(text, add_special_tokens=False) or [eos])

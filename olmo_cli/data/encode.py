@@ -44,6 +44,7 @@ class EncodeSettings:
     add_eos: bool = True
     add_bos: bool = False
     chat: bool = False
+    chat_format: str = "tulu"  # see olmo_cli.data.chat
     skip_bad: bool = False
 
 
@@ -157,7 +158,9 @@ class Encoder:
         docs, masks, kept_lines, kept_ids = [], [], [], []
         for conv, line, doc_id in zip(convs, lines, doc_ids, strict=True):
             try:
-                ids, mask = render_conversation(conv, self.tokenizer, self.s.eos_token_id, self.eos_text)
+                ids, mask = render_conversation(
+                    conv, self.tokenizer, self.s.eos_token_id, self.eos_text, self.s.chat_format
+                )
             except ChatFormatError as exc:  # pragma: no cover - parse_messages already checked the shape
                 result.bad.append((line, str(exc)))
                 continue

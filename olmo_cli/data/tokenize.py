@@ -44,6 +44,7 @@ class TokenizeOptions:
     max_tokens_per_file: int = DEFAULT_MAX_TOKENS_PER_FILE
     skip_bad: bool = False
     chat: bool = False
+    chat_format: str = "auto"  # auto: olmo2 for OLMo 2's dolma2 tokenizer, else tulu
     dtype: str = "auto"
     eos_token_id: int | None = None
     processes: int | None = None  # None: every core; changes the speed, never the output
@@ -240,6 +241,17 @@ def _plan(
     return resolved, files, job
 
 
+def resolve_chat_format(requested: str, identity: TokenizerIdentity) -> str:
+    """`auto` -> the format of the models this tokenizer belongs to (olmo_cli.data.chat)."""
+    from olmo_cli.data.chat import CHAT_FORMATS, chat_format_for
+
+    if requested == "auto":
+        return chat_format_for(identity.identifier, identity.vocab_size, identity.eos_token_id)
+    if requested not in CHAT_FORMATS:
+        raise UsageError(f"--chat-format must be auto, {' or '.join(CHAT_FORMATS)}, not {requested!r}")
+    return requested
+
+
 def _bad_hint(options: TokenizeOptions) -> str:
     what = "a `messages` list" if options.chat else f"a string field {options.text_field!r}"
     return f"each line must be a JSON object with {what}; fix the line, or pass --skip-bad to skip such lines"
@@ -264,6 +276,7 @@ def _settings(
         add_eos=options.eos,
         add_bos=options.bos,
         chat=options.chat,
+        chat_format=resolve_chat_format(options.chat_format, identity),
         skip_bad=options.skip_bad,
     )
 

@@ -105,3 +105,65 @@ def test_bos_is_refused_with_chat(tmp_path):
     )
     with pytest.raises(UsageError, match="--bos does not apply to --chat"):
         tokenize([str(path)], BUILTIN, tmp_path / "o", TokenizeOptions(chat=True, bos=True))
+
+
+# The chat template of OLMo 2's SFT and instruct models (their tokenizer_config.json; bos_token and
+# eos_token are both <|endoftext|>), rendered by transformers itself as the reference.
+OLMO2_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'system' %}"
+    "{{ '<|system|>\\n' + message['content'] + '\\n' }}{% elif message['role'] == 'user' %}"
+    "{{ '<|user|>\\n' + message['content'] + '\\n' }}{% elif message['role'] == 'assistant' %}"
+    "{% if not loop.last %}{{ '<|assistant|>\\n'  + message['content'] + eos_token + '\\n' }}"
+    "{% else %}{{ '<|assistant|>\\n'  + message['content'] + eos_token }}{% endif %}{% endif %}"
+    "{% if loop.last and add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}{% endfor %}"
+)
+
+
+@pytest.mark.parametrize("generation", [False, True])
+def test_the_olmo2_format_is_olmo2s_chat_template(generation):
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.PreTrainedTokenizerFast(
+        tokenizer_file=str(BUILTIN_FILE), bos_token=EOS_TEXT, eos_token=EOS_TEXT
+    )
+    conversation = [("system", "Be brief."), *CONVERSATION]
+    if generation:
+        conversation = conversation[:-1]
+    messages = [{"role": role, "content": content} for role, content in conversation]
+    expected = hf.apply_chat_template(
+        messages, chat_template=OLMO2_TEMPLATE, tokenize=False, add_generation_prompt=generation
+    )
+    if generation:
+        ids = render_prompt(conversation, TOK, EOS, EOS_TEXT, "olmo2")
+    else:
+        ids, mask = render_conversation(conversation, TOK, EOS, EOS_TEXT, "olmo2")
+        assert [t for t, m in zip(ids, mask, strict=True) if m] == enc("  4.  ") + [EOS] + enc("6.") + [EOS]
+    assert TOK.decode(ids, skip_special_tokens=False) == expected
+
+
+def test_the_chat_format_follows_the_tokenizer(tmp_path):
+    from olmo_cli.data.chat import chat_format_for
+
+    assert chat_format_for("tokenizers/allenai_dolma2.json", 100278, 100257) == "olmo2"
+    assert chat_format_for("/models/OLMo-2-1124-7B/tokenizer.json", 100278, 100257) == "olmo2"
+    assert chat_format_for("tokenizers/allenai_gpt-neox-olmo-dolma-v1_5.json", 50280, 50279) == "tulu"
+    path = write_jsonl(
+        tmp_path / "c.jsonl",
+        [{"messages": [{"role": "user", "content": " hi "}, {"role": "assistant", "content": " yo "}]}],
+    )
+    both = {}
+    for style in ("tulu", "olmo2"):
+        tokenize(
+            [str(path)], BUILTIN, tmp_path / style, TokenizeOptions(chat=True, chat_format=style, processes=1)
+        )
+        both[style] = [ids.tolist() for _, ids, _ in read_docs(tmp_path / style)]
+    assert both["tulu"] == [
+        render_conversation([("user", " hi "), ("assistant", " yo ")], TOK, EOS, EOS_TEXT)[0]
+    ]
+    assert both["olmo2"] == [
+        render_conversation([("user", " hi "), ("assistant", " yo ")], TOK, EOS, EOS_TEXT, "olmo2")[0]
+    ]
+    assert both["tulu"] != both["olmo2"]
+    with pytest.raises(UsageError, match="--chat-format"):
+        tokenize(
+            [str(path)], BUILTIN, tmp_path / "x", TokenizeOptions(chat=True, chat_format="llama", processes=1)
+        )
