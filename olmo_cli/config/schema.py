@@ -273,6 +273,9 @@ class DataConfig(Section):
     timeout: int = Field(0, ge=0)
     seed: int | None = None
     instance_filter: InstanceFilterConfig | None = None
+    custom_dataset: Annotated[
+        dict[str, Any] | None, NotActedOn("custom dataset classes are not supported; use data.paths")
+    ] = None
 
     @model_validator(mode="after")
     def _one_source(self) -> DataConfig:
@@ -337,6 +340,12 @@ class FSDPConfig(Section):
     wrapping_strategy: WrappingStrategy | None = None
     precision: Literal["pure", "mixed"] | None = "pure"
     hybrid_sharding_num_model_replicas: int | None = Field(None, gt=0)
+
+
+class SingleDeviceConfig(Section):
+    """Upstream's `single` section (for `distributed_strategy: single`)."""
+
+    device: Annotated[str, NotActedOn("olmo picks the device itself (olmo train --device)")] = "auto"
 
 
 class DDPConfig(Section):
@@ -477,11 +486,13 @@ class TrainConfig(Section):
     gen1_gc_interval: int | None = 1
     compile: CompilerConfig | None = None
     distributed_strategy: Annotated[
-        Literal["fsdp", "ddp"] | None,
-        NotActedOn("olmo shards with FSDP2 at every world size", ("fsdp", None)),
+        Literal["fsdp", "ddp", "single"] | None,
+        # "single" (upstream: one device, no wrapper) computes what FSDP2 over one process does
+        NotActedOn("olmo shards with FSDP2 at every world size", ("fsdp", None, "single")),
     ] = "fsdp"
     fsdp: FSDPConfig = Field(default_factory=FSDPConfig)
     ddp: Annotated[DDPConfig | None, NotActedOn("olmo shards with FSDP2, not DDP")] = None
+    single: SingleDeviceConfig = Field(default_factory=SingleDeviceConfig)
     softmax_auxiliary_loss: bool = False
     auxiliary_loss_multiplier: Annotated[
         float | None,

@@ -25,16 +25,19 @@ _FSDP_PART = "_fsdp_wrapped_module."
 # checkpointing and torch.compile. Names are compared without them so grouping and checkpoint keys do
 # not depend on how the model happens to be wrapped.
 _WRAPPER_PREFIXES = (_FSDP_PART, "_checkpoint_wrapped_module.", "_orig_mod.")
+_OUTER_WRAPPER = "module."
 _LEGACY_NORM = re.compile(r"^(?P<head>transformer\..*\.)norm\.(?P<leaf>weight|bias)$")
 _GROUPED = re.compile(r"^transformer\.block_groups\.(?P<group>\d+)\.(?P<index>\d+)\.(?P<rest>.*)$")
 _GROUP_ZERO_ATTN_OUT = re.compile(r"^transformer\.block_groups\.0\.\d+\.attn_out\.weight$")
 
 
 def clean_param_name(name: str) -> str:
-    """A parameter's name without the parts wrappers (FSDP1, activation checkpointing, compile) add."""
+    """A parameter's name without the parts wrappers (FSDP1, activation checkpointing, compile) add, and
+    without the leading `module.` of DDP and of upstream's `distributed_strategy: single` wrapper (whose
+    optimizer files name parameters `module.transformer...`)."""
     for prefix in _WRAPPER_PREFIXES:
         name = name.replace(prefix, "")
-    return name
+    return name.removeprefix(_OUTER_WRAPPER)
 
 
 def strip_fsdp_prefixes(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -103,5 +103,5 @@ def restore_rng(state: dict[str, Any]) -> None:
         np.random.set_state(tuple(state["numpy"]))  # type: ignore[arg-type]
     if "torch" in state:
         torch.set_rng_state(state["torch"].cpu())
-    if "cuda" in state and torch.cuda.is_available():
+    if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"].cpu())

@@ -174,6 +174,21 @@ def test_train_pt_with_paths_and_rng_states(tmp_path: Path) -> None:
     assert trainer["rng"]["torch"].dtype == torch.uint8
 
 
+def test_train_pt_from_a_machine_without_cuda(tmp_path: Path) -> None:
+    # Upstream writes the generators it has and None for the others ("cuda": None, "mps": None on a CPU).
+    directory = upstream_dir(tmp_path)
+    torch.save(tiny_model_state(), directory / "model.pt")
+    saved = upstream_train_state()
+    saved["rng"]["cuda"], saved["rng"]["mps"] = None, None
+    torch.save(saved, directory / "train.pt")
+    trainer = read_unsharded(directory).trainer
+    assert trainer is not None and trainer["rng"]["cuda"] is None
+    from olmo_cli.train.state import restore_rng
+
+    restore_rng(trainer["rng"])  # the CUDA generator, if any, is left alone
+    assert torch.equal(torch.get_rng_state(), saved["rng"]["torch"])
+
+
 def test_train_pt_from_numpy_1_and_from_windows(tmp_path: Path) -> None:
     directory = upstream_dir(tmp_path)
     torch.save(tiny_model_state(), directory / "model.pt")

@@ -154,7 +154,7 @@ UPSTREAM_FIELDS = {
         warmup_min_lr""",
     "data": """paths memmap_dtype datasets label_mask_paths pad_direction generate_attention_mask
         generate_doc_lengths num_workers drop_last pin_memory prefetch_factor persistent_workers
-        timeout seed instance_filter""",
+        timeout seed instance_filter custom_dataset""",
     "tokenizer": "identifier truncate_direction",
     "speed_monitor": "window_size gpu_flops_available",
     "fsdp": """use_orig_params sharding_strategy wrapping_strategy precision
@@ -168,7 +168,7 @@ UPSTREAM_FIELDS = {
         new_style_checkpoints max_duration global_train_batch_size device_train_batch_size
         device_train_microbatch_size device_eval_batch_size eval_subset_num_batches eval_on_load
         device_train_grad_accum max_grad_norm max_grad_norm_ratio precision wandb speed_monitor
-        console_log_interval gen1_gc_interval compile distributed_strategy fsdp ddp
+        console_log_interval gen1_gc_interval compile distributed_strategy fsdp ddp single
         softmax_auxiliary_loss auxiliary_loss_multiplier time_limit extra_steps_after_cancel
         early_stopping_factor save_data_indices python_profiling torch_profiling stop_at stop_after
         activation_checkpointing fused_loss hf_datasets_cache_dir module_outputs_save_steps""",
@@ -216,3 +216,18 @@ def test_a_z_loss_multiplier_other_than_upstreams_fixed_one_is_reported():
     assert [(item.path, item.value) for item in loaded.ignored] == [("auxiliary_loss_multiplier", 1e-5)]
     assert "1e-4" in loaded.ignored[0].why
     assert load_config(preset="tiny", overrides=["auxiliary_loss_multiplier=1e-4"]).ignored == []
+
+
+def test_keys_of_upstreams_current_trainer_load(write_config):
+    # allenai/OLMo main writes these into every config.yaml it saves (checkpoints too).
+    data = upstream_style_config()
+    data.update({"distributed_strategy": "single", "single": {"device": "auto"}})
+    data["data"]["custom_dataset"] = None
+    loaded = load_config(config_file=write_config(data))
+    assert not {"distributed_strategy", "single.device", "data.custom_dataset"} & {
+        i.path for i in loaded.ignored
+    }
+    data["single"]["device"] = "mps"
+    data["data"]["custom_dataset"] = {"name": "my.module.Dataset"}
+    reported = {i.path for i in load_config(config_file=write_config(data)).ignored}
+    assert {"single.device", "data.custom_dataset"} <= reported

@@ -113,7 +113,12 @@ def test_torch_integer_ids_and_fsdp1_prefixes_load(trained):
     for group in prefixed["param_groups"]:
         group["params"] = group["param_names"] = [rename[n] for n in group["params"]]
     assert "_fsdp_wrapped_module.transformer.blocks._fsdp_wrapped_module.0.ff_out.weight" in prefixed["state"]
-    for form in (by_id, prefixed):
+    # upstream's `distributed_strategy: single` (and DDP) name them `module.transformer...`
+    wrapped = copy.deepcopy(expected)
+    wrapped["state"] = {"module." + n: v for n, v in wrapped["state"].items()}
+    for group in wrapped["param_groups"]:
+        group["params"] = group["param_names"] = ["module." + n for n in group["params"]]
+    for form in (by_id, prefixed, wrapped):
         _, twin_optim = _fresh_copy(model, cfg)
         load_upstream_optimizer_state(twin_optim, form, lr=1.0, cfg=cfg.optimizer)
         for group in twin_optim.param_groups:
