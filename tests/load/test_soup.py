@@ -150,14 +150,33 @@ def _peak_rss(*args: str) -> int:
     return int(proc.stderr.rsplit("PEAK", 1)[1].split()[0])
 
 
+_WRITE = (
+    "import sys\n"
+    "from pathlib import Path\n"
+    "from tests._fixtures import tiny_config, write_checkpoint\n"
+    "root, d, layers = Path(sys.argv[1]), sys.argv[2], sys.argv[3]\n"
+    "cfg = tiny_config(f'model.d_model={d}', f'model.n_layers={layers}', 'model.weight_tying=false')\n"
+    "for i in range(3):\n"
+    "    print(write_checkpoint(root / f'{sys.argv[4]}{i}', cfg, seed=i)[0])\n"
+)
+
+
+def _checkpoints(root, prefix: str, d_model: int, layers: int) -> list[str]:
+    from tests.cli._helpers import ROOT
+
+    args = [sys.executable, "-c", _WRITE, str(root), str(d_model), str(layers), prefix]
+    proc = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.split()
+
+
 def test_memory_holds_tensors_not_models(tmp_path):
     # 3 ingredients of ~270 MB each: reading them whole would take 3 x 270 MB (twice that in float64).
     # Streaming takes a few copies of the largest tensor (the 4096 x 512 embedding) on top of what the
     # same command needs for 3 tiny ingredients (Python, torch and the imports: the baseline).
-    cfg = tiny_config("model.d_model=512", "model.n_layers=24", "model.weight_tying=false")
-    paths = [str(write_checkpoint(tmp_path / f"m{i}", cfg, seed=i)[0]) for i in range(3)]
-    tiny = tiny_config("model.d_model=64", "model.n_layers=1", "model.weight_tying=false")
-    small = [str(write_checkpoint(tmp_path / f"t{i}", tiny, seed=i)[0]) for i in range(3)]
+    # Written by a child process: building three such models here would leave this process (whose
+    # resident size every later child's getrusage peak inherits on Linux) a gigabyte larger.
+    paths, small = _checkpoints(tmp_path, "m", 512, 24), _checkpoints(tmp_path, "t", 64, 1)
     one_copy = (tmp_path / "m0" / "step0-unsharded" / "model.safetensors").stat().st_size
     assert one_copy > 250e6
     baseline = _peak_rss("soup", *small, "-o", str(tmp_path / "small-soup"), "--json")
