@@ -242,14 +242,17 @@ class Request:
             self.write(body)
 
     def write(self, data: bytes | memoryview) -> bool:
-        """False once the client has gone away."""
+        """False once the client has gone away. The bytes are counted before they are written: a client
+        that has read them may ask `served()` before this thread runs again."""
+        with self.server.lock:
+            self.logged.sent += len(data)
         try:
             self.handler.wfile.write(data)
             self.handler.wfile.flush()
         except OSError:
+            with self.server.lock:
+                self.logged.sent -= len(data)
             return False
-        with self.server.lock:
-            self.logged.sent += len(data)
         return True
 
     def close(self, reset: bool = False) -> None:

@@ -148,6 +148,10 @@ class ModelConfig(Section):
             raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
         if self.n_kv_heads is not None and self.multi_query_attention and self.n_kv_heads != 1:
             raise ValueError("n_kv_heads and multi_query_attention disagree: set only one of them")
+        if self.n_kv_heads not in (None, self.n_heads) and self.multi_query_attention is False:
+            # `multi_query_attention: false` (as the OLMo 1 presets say) beside GQA heads: n_kv_heads
+            # decides. Upstream's model refuses the pair, so the config olmo writes leaves it unset.
+            object.__setattr__(self, "multi_query_attention", None)
         if self.n_heads % self.effective_n_kv_heads:
             raise ValueError(
                 f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.effective_n_kv_heads})"

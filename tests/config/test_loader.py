@@ -231,3 +231,13 @@ def test_keys_of_upstreams_current_trainer_load(write_config):
     data["data"]["custom_dataset"] = {"name": "my.module.Dataset"}
     reported = {i.path for i in load_config(config_file=write_config(data)).ignored}
     assert {"single.device", "data.custom_dataset"} <= reported
+
+
+def test_gqa_heads_beside_multi_query_false_are_written_as_upstream_loads_them():
+    # Upstream's model refuses n_kv_heads next to multi_query_attention: false (which the OLMo 1
+    # presets set), so a config olmo writes with GQA heads leaves multi_query_attention unset.
+    gqa = load_config(preset="tiny", overrides=["model.n_kv_heads=2"]).config.model
+    assert gqa.multi_query_attention is None and gqa.effective_n_kv_heads == 2
+    assert gqa.model_dump(mode="json")["multi_query_attention"] is None
+    same = load_config(preset="tiny", overrides=["model.n_kv_heads=4"]).config.model
+    assert same.multi_query_attention is False and same.effective_n_kv_heads == 4
