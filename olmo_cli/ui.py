@@ -81,7 +81,9 @@ def warn_ignored(ignored: list[Any]) -> None:
     """Report config values olmo reads but does not act on (never drop them silently)."""
     if not ignored:
         return
-    warn(f"{len(ignored)} setting{'s' if len(ignored) > 1 else ''} in this config are not acted on:")
+    several = len(ignored) > 1
+    verb = "settings in this config are" if several else "setting in this config is"
+    warn(f"{len(ignored)} {verb} not acted on:")
     for item in ignored:
         err_console.print(f"  {item.path} = {item.value!r}: {item.why}", markup=False, soft_wrap=True)
 

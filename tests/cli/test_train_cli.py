@@ -275,3 +275,12 @@ def test_sparkline_and_durations():
     assert len(sparkline([float(i) for i in range(100)])) == 40  # the last 40 only
     assert [format_duration(s) for s in (5, 125, 7322, 3 * 86400 + 7200)] == ["5s", "2m05s", "2h02m", "3d02h"]
     assert format_duration(None) == "-" and format_duration(1e10).endswith("years")
+
+
+def test_one_setting_not_acted_on_is_reported_in_the_singular(tmp_path):
+    config = tmp_path / "one.yaml"
+    config.write_text("run_name: one\nsave_data_indices: true\n")
+    shown = run_olmo_here("presets", "show", "--config", str(config))
+    assert shown.returncode == 0, shown.stderr
+    assert "1 setting in this config is not acted on" in shown.stderr
+    assert "save_data_indices = True" in shown.stderr
