@@ -60,16 +60,59 @@ def atomic_write_text(path: Path | str, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def check_output_dir(output: Path | str, overwrite: bool) -> None:
-    """Raises UsageError when `output` is a file, or a non-empty directory and `overwrite` is off; called
-    before the work that fills it, so nothing is computed only to be refused."""
+def check_output_dir(output: Path | str, overwrite: bool, option: str = "--output") -> None:
+    """Raises UsageError when `output` is a file, a non-empty directory while `overwrite` is off, or a
+    place that cannot be created or written; called before the work that fills it, so nothing is
+    computed only to be refused."""
     from olmo_cli.errors import UsageError
 
     output = Path(output)
     if output.exists() and not output.is_dir():
-        raise UsageError(f"--output {output} is a file")
+        raise UsageError(f"{option} {output} is a file", hint="name a directory (new or empty)")
     if output.is_dir() and any(output.iterdir()) and not overwrite:
-        raise UsageError(f"--output {output} already exists and is not empty", hint="pass --overwrite")
+        raise UsageError(f"{option} {output} already exists and is not empty", hint="pass --overwrite")
+    check_writable(output, option)
+
+
+def check_output_file(output: Path | str, option: str = "--output") -> None:
+    """Raises UsageError when the file `output` could not be written (a directory there, a parent that
+    is a file or cannot be created or written), before any work."""
+    from olmo_cli.errors import UsageError
+
+    output = Path(output)
+    if output.is_dir():
+        raise UsageError(f"{option} {output} is a directory", hint="name a file, e.g. results.json")
+    check_writable(output.parent if str(output.parent) else Path("."), option, target=output)
+
+
+def check_writable(directory: Path | str, option: str = "--output", *, target: Path | None = None) -> None:
+    """Raises UsageError unless `directory` exists as a writable directory or could be created: its
+    nearest existing ancestor must be a directory where a file can be created (probed by creating and
+    removing one, which also catches read-only mounts and pseudo-filesystems where permission bits say
+    nothing, e.g. when running as root). Creates nothing that stays."""
+    from olmo_cli.errors import UsageError
+
+    directory = Path(directory)
+    shown = target if target is not None else directory
+    probe_dir = next((p for p in (directory, *directory.parents) if p.exists() or p.is_symlink()), Path("."))
+    if not probe_dir.is_dir():
+        raise UsageError(
+            f"cannot create {option} {shown}: {probe_dir} is a file, not a directory",
+            hint="name a location under a directory",
+        )
+    probe = probe_dir / f".olmo-write-probe-{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as e:
+        raise UsageError(
+            f"cannot write {option} {shown}: {probe_dir}: {e.strerror or e}",
+            hint="name a location you can write",
+        ) from None
+    os.close(fd)
+    try:
+        os.unlink(probe)
+    except OSError:
+        pass
 
 
 def current_umask() -> int:

@@ -67,6 +67,9 @@ def convert_hf_command(
 
       olmo convert-hf --from-hf ~/models/OLMo-2-1124-7B --output ckpt/OLMo-2-7B/main-unsharded
     """
+    from olmo_cli.atomic import check_output_dir
+
+    check_output_dir(output, overwrite)  # before reading gigabytes of weights
     if from_hf:
         _import(checkpoint, output, dtype, overwrite, json_output)
     else:

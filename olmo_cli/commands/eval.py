@@ -146,6 +146,10 @@ def eval_command(
         raise UsageError("give the checkpoint to evaluate", hint="olmo eval CKPT [--tasks ...]")
     from olmo_cli.eval.run import EvalRequest, run_eval
 
+    if output is not None:
+        from olmo_cli.atomic import check_output_file
+
+        check_output_file(output)  # before the evaluation, so its result has somewhere to go
     request = EvalRequest(
         checkpoint=checkpoint,
         perplexity=perplexity,

@@ -277,8 +277,10 @@ def merge_command(
       olmo finetune merge runs/OLMo-1B-hf-lora/adapter.safetensors -k hf/OLMo-1B-hf -o ckpt/merged --json
     """
     from olmo_cli import ui
+    from olmo_cli.atomic import check_output_dir
     from olmo_cli.load.adapter import merge_adapter, read_adapter_base
 
+    check_output_dir(output, overwrite)  # before reading the base
     base = read_adapter_base(adapter, checkpoint)
     result = merge_adapter(adapter, base, output, force=force, overwrite=overwrite)
     for warning in result.warnings:

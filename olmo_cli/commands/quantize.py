@@ -286,10 +286,15 @@ def _show(summary: dict[str, Any], as_json: bool) -> None:
 
 def _gguf(checkpoint: Path, output: Path, file_type: str, overwrite: bool, as_json: bool) -> None:
     from olmo_cli import ui
+    from olmo_cli.atomic import check_output_file
+    from olmo_cli.errors import UsageError
     from olmo_cli.eval.quantized import weights_bytes
     from olmo_cli.load.build import load_tokenizer
     from olmo_cli.quant.gguf_export import write_gguf
 
+    check_output_file(output)  # before reading and converting the weights
+    if output.exists() and not overwrite:
+        raise UsageError(f"--output {output} already exists", hint="pass --overwrite")
     found = _read_full_precision(checkpoint)
     tokenizer = load_tokenizer(found)  # a GGUF file without its vocabulary runs nowhere
     with ui.progress(f"writing GGUF {file_type}", None, enabled=not as_json) as update:

@@ -66,8 +66,10 @@ def soup_command(
       olmo soup runs/a/step1000-unsharded runs/b/step1000-unsharded --weights 0.7,0.3 -o runs/soup
     """
     from olmo_cli import ui
+    from olmo_cli.atomic import check_output_dir
     from olmo_cli.load.soup import make_soup, plan_soup
 
+    check_output_dir(output, overwrite)  # before reading any ingredient
     ingredients = plan_soup(list(checkpoints), _parse_weights(weights))
     with ui.progress("averaging", None, enabled=not json_output) as update:
         result = make_soup(
