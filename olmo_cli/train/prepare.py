@@ -234,13 +234,27 @@ def _check_and_write(
     if not continuing and run_dir.is_dir():
         existing = _checkpoints(run_dir)
         other = saved.is_file() and saved.read_text(encoding="utf-8") != text
-        if (existing or other) and not cfg.save_overwrite:
+        if other and not existing:
+            # A run that never reached a checkpoint (data smaller than a batch, ids outside the
+            # vocabulary, ...): nothing in it can be resumed, so its corrected retry takes the folder.
+            _remove_old_run(run_dir, [])
+            events(
+                Message(
+                    f"{run_dir} held a run that never reached a checkpoint; starting this one in its place"
+                )
+            )
+        elif existing and not cfg.save_overwrite:
             latest = find_latest_checkpoint(run_dir)
-            what = f"checkpoints up to {latest.name}" if latest else "another run's config.yaml"
+            if latest is not None:
+                what = f"checkpoints up to {latest.name}"
+                hint = f"`olmo resume {run_dir}` continues it; "
+            else:
+                what = "checkpoint directories, none of them complete"
+                hint = ""
             raise ConfigError(
                 f"{run_dir} already holds a run ({what})",
-                hint=f"`olmo resume {run_dir}` continues it; --save-folder DIR starts a new run elsewhere; "
-                "--set save_overwrite=true replaces it",
+                hint=f"{hint}--save-folder DIR starts a new run elsewhere; --set save_overwrite=true "
+                "replaces it",
             )
         if existing and cfg.save_overwrite:
             _remove_old_run(run_dir, existing)

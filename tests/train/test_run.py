@@ -242,6 +242,19 @@ def test_too_little_data_is_a_data_error(tmp_path):
         quiet_run(run_config(tmp_path, instances=4))
 
 
+def test_the_corrected_retry_of_a_run_that_never_reached_a_checkpoint_takes_its_folder(tmp_path):
+    failed = run_config(tmp_path / "a", instances=4)  # fewer instances than one batch
+    with pytest.raises(DataError, match="fewer than one global batch"):
+        quiet_run(failed.model_copy(update={"save_folder": str(tmp_path / "run")}))
+    assert [p.name for p in (tmp_path / "run").iterdir() if not p.name.startswith(".")] == ["config.yaml"]
+    fixed = run_config(tmp_path / "b", max_duration=3, stop_at=3)
+    result, events = quiet_run(fixed.model_copy(update={"save_folder": str(tmp_path / "run")}))
+    assert result.step == 3
+    notices = [e.text for e in events if isinstance(e, Message) and "never reached a checkpoint" in e.text]
+    assert len(notices) == 1, notices
+    assert "b/data" in (tmp_path / "run" / "config.yaml").read_text()
+
+
 def test_indivisible_batch_sizes_are_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="device_train_microbatch_size") as info:
         quiet_run(run_config(tmp_path, device_train_microbatch_size=3))
