@@ -152,6 +152,10 @@ class TrainDisplay:
             f"{event.start_step + 1}..{event.stop_step}{resumed}",
             soft_wrap=True,
         )
+        if event.stop_reason:
+            ui.console.print(
+                f"stops after step {event.stop_step}: {event.stop_reason}", markup=False, soft_wrap=True
+            )
         ui.console.print(f"data: {event.data}", markup=False, soft_wrap=True)
         ui.console.print(f"run directory: {event.run_dir}", markup=False, soft_wrap=True)
         if self.mode == "live":

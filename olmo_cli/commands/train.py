@@ -312,6 +312,8 @@ def _dry_run(
         )
         return
     ui.console.print(_plan_table(cfg, plan, built, source))
+    if plan.stop_reason:
+        ui.console.print(f"stops after step {plan.train_steps:,}: {plan.stop_reason}", markup=False)
     if plan.note:
         ui.warn(plan.note)
     ui.warn_ignored(ignored)

@@ -19,6 +19,7 @@ __all__ = [
     "max_tokens",
     "scheduler_max",
     "scheduler_position",
+    "stop_reason",
     "stop_step",
 ]
 
@@ -90,3 +91,20 @@ def stop_step(cfg: TrainConfig, global_step: int, total_steps: int) -> int:
         limit = global_step + cfg.stop_after
         stop_at = limit if stop_at is None else min(stop_at, limit)
     return stop_at if stop_at is not None else total_steps + EXTRA_STEPS_PAST_MAX
+
+
+def stop_reason(cfg: TrainConfig, global_step: int, total_steps: int) -> str:
+    """Why training stops where `stop_step` says, in words for the start of a run."""
+    if cfg.stop_after is not None and (cfg.stop_at is None or global_step + cfg.stop_after < cfg.stop_at):
+        return f"stop_after={cfg.stop_after} steps from step {global_step}"
+    if cfg.stop_at is not None:
+        schedule = f"max_duration={cfg.max_duration}"
+        return f"stop_at={cfg.stop_at} (the schedule of {schedule} ends at step {total_steps})"
+    count, unit = parse_duration(cfg.max_duration)
+    length = f"max_duration={cfg.max_duration}"
+    if unit != "steps":
+        length += f" = {total_steps} steps"
+    return (
+        f"{length}, then {EXTRA_STEPS_PAST_MAX} more at the final LR as upstream trains "
+        f"(--set stop_at={total_steps} stops at the schedule's end)"
+    )

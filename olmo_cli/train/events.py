@@ -71,6 +71,7 @@ class RunStarted(_Event):
     resumed_from: Path | None = None
     peak_flops: float | None = None  # one device's peak, for MFU
     peak_flops_source: str | None = None
+    stop_reason: str = ""  # why training stops at stop_step
     kind = "run_started"
 
 

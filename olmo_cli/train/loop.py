@@ -49,6 +49,7 @@ class Schedule:
     stop_step: int  # the step training stops after
     max_epochs: int  # epochs the data may run through
     bolt_on: BoltOnWarmup | None = None  # a fresh warmup after reset_optimizer_state
+    stop_reason: str = ""  # why training stops at stop_step, in words
 
     def lr(self, cfg: TrainConfig, position: int) -> float:
         lr0 = cfg.optimizer.learning_rate

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from olmo_cli.config.derived import Footprint, footprint
 from olmo_cli.config.schema import ModelConfig, TrainConfig, parse_duration
 from olmo_cli.errors import ConfigError
-from olmo_cli.train.duration import stop_step
+from olmo_cli.train.duration import stop_reason, stop_step
 
 __all__ = [
     "Plan",
@@ -41,6 +41,7 @@ class Plan(Footprint):
     peak_flops: float | None  # per device, FLOP/s
     seconds: float | None  # at `mfu` of `peak_flops` on every rank
     note: str | None = None  # why a figure is unknown
+    stop_reason: str | None = None  # why training stops at train_steps, in words
 
     def as_dict(self) -> dict[str, object]:
         out = asdict(self)
@@ -128,6 +129,7 @@ def make_plan(
         peak_flops=peak_flops,
         seconds=seconds,
         note=note,
+        stop_reason=stop_reason(cfg, 0, steps) if steps is not None else None,
     )
 
 

@@ -288,6 +288,7 @@ def _schedule(
         stop_step=duration.stop_step(cfg, state.global_step, max_steps),
         max_epochs=max(duration.max_epochs(max_steps, per_epoch), state.epoch + 1),
         bolt_on=bolt_on,
+        stop_reason=duration.stop_reason(cfg, state.global_step, max_steps),
     )
 
 
@@ -372,6 +373,7 @@ def _started(
         plan=plan.as_dict(),
         start_step=trainer.state.global_step,
         stop_step=trainer.schedule.stop_step,
+        stop_reason=trainer.schedule.stop_reason,
         world_size=world.world_size,
         device=str(world.device),
         precision=plan.precision,

@@ -124,6 +124,7 @@ def test_an_olmo2_stage2_config_plans_and_names_what_it_does_not_act_on(tmp_path
     assert plan["params"] == 7_298_617_344
     # upstream's own comment: stop_at 11931 = round(50e9 / (1024 * 4096)) + 10
     assert (plan["steps"], plan["train_steps"], plan["tokens_per_step"]) == (11921, 11931, 4_194_304)
+    assert plan["stop_reason"] == "stop_at=11931 (the schedule of max_duration=50e9T ends at step 11921)"
     assert {item["key"] for item in plan["not_acted_on"]} == {
         "model.flash_attention",
         "fused_loss",
@@ -133,6 +134,7 @@ def test_an_olmo2_stage2_config_plans_and_names_what_it_does_not_act_on(tmp_path
     shown = run_olmo(*args, cwd=tmp_path, **_env(tmp_path))
     assert shown.returncode == 0, shown.stderr
     assert "4 settings in this config are not acted on" in shown.stderr
+    assert "stops after step 11,931: stop_at=11931" in shown.stdout
     assert "auxiliary_loss_multiplier = 1e-05" in shown.stderr
 
 

@@ -19,7 +19,16 @@ SAMPLES = [
     ev.Message("lr is ignored", level="warning"),
     ev.DataProgress("tokenizing", 10, 100),
     ev.RunStarted(
-        "olmo-tiny", Path("runs/t"), {"params": 1234, "tokens_per_step": 64}, 0, 4, 1, "cpu", "fp32", "x.npy"
+        "olmo-tiny",
+        Path("runs/t"),
+        {"params": 1234, "tokens_per_step": 64},
+        0,
+        4,
+        1,
+        "cpu",
+        "fp32",
+        "x.npy",
+        stop_reason="stop_at=4 (the schedule of max_duration=2 ends at step 2)",
     ),
     ev.StepDone(1, 4, 2.5, 1e-3, 100.0, None, 3.0),
     ev.CheckpointSaved(2, Path("runs/t/step2-unsharded"), False, 0.5),
@@ -47,6 +56,7 @@ def test_each_event_class_is_rendered_by_its_own_handler(screens):
             show(event)
     lines = out.getvalue().splitlines()
     assert lines[0].startswith("olmo-tiny: 1,234 parameters, cpu x1, fp32; 64 tokens per step; steps 1..4")
+    assert lines[1] == "stops after step 4: stop_at=4 (the schedule of max_duration=2 ends at step 2)"
     assert "data: x.npy" in lines and "run directory: runs/t" in lines
     assert "step 1/4 · loss 2.5000 · lr 0.001 · 100 tok/s · ETA 3s" in lines
     assert "step 2: saved unsharded checkpoint runs/t/step2-unsharded (0.5s)" in lines

@@ -10,6 +10,7 @@ from olmo_cli.train.duration import (
     max_tokens,
     scheduler_max,
     scheduler_position,
+    stop_reason,
     stop_step,
 )
 from olmo_cli.train.schedule import lr_at
@@ -80,3 +81,18 @@ def test_stop_step():
     assert stop_step(preset("1b", stop_at=50), global_step=0, total_steps=739_328) == 50
     assert stop_step(preset("1b", stop_at=50, stop_after=100), global_step=0, total_steps=739_328) == 50
     assert stop_step(preset("1b", stop_at=500, stop_after=100), global_step=10, total_steps=739_328) == 110
+
+
+def test_the_stop_reason_names_what_decides_the_stop_step():
+    assert stop_reason(preset("1b"), 0, 739_328) == (
+        "max_duration=739328, then 10 more at the final LR as upstream trains "
+        "(--set stop_at=739328 stops at the schedule's end)"
+    )
+    tokens = preset("1b", max_duration="2e12T")
+    assert stop_reason(tokens, 0, max_steps(tokens)).startswith("max_duration=2e12T = 476838 steps, then 10")
+    assert stop_reason(preset("1b", stop_at=50), 0, 739_328) == (
+        "stop_at=50 (the schedule of max_duration=739328 ends at step 739328)"
+    )
+    assert stop_reason(preset("1b", stop_at=500, stop_after=100), 10, 739_328) == (
+        "stop_after=100 steps from step 10"
+    )
