@@ -88,6 +88,7 @@ class TrainDisplay:
         self._live: Live | None = None
         self._progress: Any = None
         self._last_plain = 0.0
+        self._eval_defined = False  # the in-loop metric's definition is said once, at the first eval
 
     def __enter__(self) -> TrainDisplay:
         return self
@@ -194,6 +195,14 @@ class TrainDisplay:
             if name.endswith("CrossEntropyLoss") or name.startswith("eval/downstream/")
         )
         ui.console.print(f"step {event.step}: eval {shown} ({event.seconds:.1f}s)", markup=False)
+        if not self._eval_defined and "CrossEntropyLoss" in shown:
+            self._eval_defined = True
+            ui.console.print(
+                "  (in-loop loss as upstream computes it: the mean over whole instances of each instance's "
+                "mean; olmo eval --perplexity weights every token alike)",
+                markup=False,
+                style="dim",
+            )
 
     def _on_run_finished(self, event: RunFinished) -> None:
         self._stop()

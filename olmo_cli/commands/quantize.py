@@ -91,7 +91,7 @@ def quantize_command(
         typer.Option(
             "--eval-batches",
             min=1,
-            help="Score at most this many batches of 8 \\[default: all].",
+            help="Score at most this many batches of 8 windows \\[default: all].",
             show_default=False,
         ),
     ] = None,
@@ -154,9 +154,9 @@ def _native(
 ) -> None:
     from olmo_cli import ui
     from olmo_cli.atomic import check_output_dir
-    from olmo_cli.config.yamlio import dump_yaml
+    from olmo_cli.config.yamlio import dump_config
     from olmo_cli.errors import OlmoError, UsageError
-    from olmo_cli.eval.quantized import eval_dataset
+    from olmo_cli.eval.quantized import eval_source
     from olmo_cli.load.build import load_tokenizer
     from olmo_cli.quant.checkpoint import write_quantized
     from olmo_cli.quant.model import quantize_state
@@ -168,7 +168,7 @@ def _native(
         raise UsageError(str(e)) from None
     check_output_dir(output, overwrite)
     found = _read_full_precision(checkpoint)
-    dataset = eval_dataset(eval_data, found.config) if eval_data else None  # bad data fails before the work
+    dataset = eval_source(eval_data, found.config) if eval_data else None  # bad data fails before the work
     try:
         tokenizer_json: str | None = load_tokenizer(found).json_text
     except OlmoError as e:  # the weights still quantize; say what is missing
@@ -179,7 +179,7 @@ def _native(
             found.state, found.config.model, settings, lambda done, total: update(done, total=total)
         )
     layout = QuantLayout(settings, modules, source=str(found.path.resolve()))
-    text = dump_yaml(found.config.model_dump(mode="json"))
+    text = dump_config(found.config)
     path = write_quantized(
         output,
         tensors=tensors,
@@ -222,14 +222,14 @@ def _compare(
     from olmo_cli.load.build import load_model
     from olmo_cli.load.read import read_checkpoint
 
-    seed = found.config.seed
     with ui.progress("measuring before and after", 2, enabled=not as_json) as update:
-        before = measure(load_model(found), dataset, seed=seed, max_batches=eval_batches)
+        before = measure(load_model(found), dataset, max_batches=eval_batches)
         update(1)
-        after = measure(load_model(read_checkpoint(path)), dataset, seed=seed, max_batches=eval_batches)
+        after = measure(load_model(read_checkpoint(path)), dataset, max_batches=eval_batches)
         update(2)
     return {
-        "instances": len(dataset),
+        "perplexity_definition": "token-weighted, as olmo eval --perplexity",
+        "tokens": before.tokens,
         "before": _measured(before),
         "after": _measured(after),
         "perplexity_change": round(after.perplexity / before.perplexity - 1, 6),
@@ -258,13 +258,13 @@ def _show(summary: dict[str, Any], as_json: bool) -> None:
         "size on disk",
         ui.human_bytes(size["before_bytes"]),
         ui.human_bytes(size["after_bytes"]),
-        f"{100 * size['ratio']:.1f}% of before",
+        f"{100 * size['ratio']:.1f}%",
     )
     ev = summary.get("eval")
     if ev is not None:
         b, a = ev["before"], ev["after"]
         table.add_row(
-            "perplexity",
+            "perplexity, token-weighted",
             f"{b['perplexity']:.3f}",
             f"{a['perplexity']:.3f}",
             f"{100 * ev['perplexity_change']:+.2f}%",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -575,3 +575,24 @@ def not_acted_on(section: BaseModel, prefix: str = "") -> list[IgnoredSetting]:
                 if isinstance(item, BaseModel):
                     found.extend(not_acted_on(item, f"{path}.{i}."))
     return found
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def as_acted_on(section: M) -> M:
+    """`section` with each not-acted-on setting still at its upstream default replaced by the first value
+    that describes what olmo does instead (e.g. `save_data_indices: false`), where there is one.
+
+    This is what a run writes to its config.yaml: the file then says what the run did, loads in upstream
+    as the same run, and reading it back (`olmo resume`) reports nothing olmo wrote itself. A value the
+    user set to something else stays as it is (and is reported again when the file is read)."""
+    updates: dict[str, Any] = {}
+    for name, info in type(section).model_fields.items():
+        value = getattr(section, name)
+        marks = [m for m in info.metadata if isinstance(m, NotActedOn) and m.accepted]
+        if marks and value == info.default and value not in marks[0].accepted:
+            updates[name] = marks[0].accepted[0]
+        elif isinstance(value, BaseModel):
+            updates[name] = as_acted_on(value)
+    return section.model_copy(update=updates) if updates else section

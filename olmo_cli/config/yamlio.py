@@ -258,3 +258,11 @@ _Dumper.add_representer(tuple, lambda d, v: d.represent_list(list(v)))
 
 def dump_yaml(data: Any) -> str:
     return yaml.dump(data, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=100)
+
+
+def dump_config(cfg: Any) -> str:
+    """A TrainConfig as olmo writes it into a run or checkpoint (config.yaml): every field, with upstream
+    settings olmo does not act on recorded as what olmo does (`schema.as_acted_on`)."""
+    from olmo_cli.config.schema import as_acted_on
+
+    return dump_yaml(as_acted_on(cfg).model_dump(mode="json"))

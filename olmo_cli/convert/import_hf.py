@@ -302,7 +302,7 @@ def write_native(checkpoint: HFCheckpoint, output: Path | str, *, overwrite: boo
     """Writes the native unsharded layout (config.yaml, model.safetensors; no optimizer or trainer state,
     so training from it starts fresh) plus the tokenizer.json, which `generate` prefers."""
     from olmo_cli.checkpoint.unsharded import write_unsharded
-    from olmo_cli.config.yamlio import dump_yaml
+    from olmo_cli.config.yamlio import dump_config
 
     output = Path(output)
     config = checkpoint.config
@@ -310,7 +310,7 @@ def write_native(checkpoint: HFCheckpoint, output: Path | str, *, overwrite: boo
         # Point at the copy that travels with the checkpoint, not at the source directory.
         tokenizer = config.tokenizer.model_copy(update={"identifier": str(output.resolve() / TOKENIZER_FILE)})
         config = config.model_copy(update={"tokenizer": tokenizer})
-    text = dump_yaml(config.model_dump(mode="json"))
+    text = dump_config(config)
     final = write_unsharded(output, checkpoint.model, None, None, text, overwrite=overwrite)
     if checkpoint.tokenizer_file is not None:
         from olmo_cli.atomic import atomic_write_bytes

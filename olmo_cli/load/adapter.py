@@ -122,13 +122,13 @@ def merge_adapter(
     as a native unsharded checkpoint. `base` is read by the caller (`read_adapter_base`)."""
     from olmo_cli.atomic import atomic_write_bytes
     from olmo_cli.checkpoint.unsharded import write_unsharded
-    from olmo_cli.config.yamlio import dump_yaml
+    from olmo_cli.config.yamlio import dump_config
     from olmo_cli.model.lora import read_adapter
 
     file = adapter_file(adapter_path)
     adapter = read_adapter(file)
     merged = merged_weights(base, adapter, file, force=force)
-    text = dump_yaml(base.config.model_dump(mode="json"))
+    text = dump_config(base.config)
     final = write_unsharded(output, merged.state, None, None, text, overwrite=overwrite)
     if base.tokenizer_file is not None:
         atomic_write_bytes(final / TOKENIZER_FILE, base.tokenizer_file.read_bytes())

@@ -366,7 +366,7 @@ def make_soup(
     progress: Progress | None = None,
 ) -> SoupResult:
     """Writes the soup of `ingredients` (from `plan_soup`) as a native unsharded checkpoint at `output`."""
-    from olmo_cli.config.yamlio import dump_yaml
+    from olmo_cli.config.yamlio import dump_config
 
     output = Path(output)
     check_output_dir(output, overwrite)
@@ -379,7 +379,7 @@ def make_soup(
     try:
         count, total = _write_model(ingredients, tmp, warnings, progress)
         shutil.rmtree(tmp / "parked")
-        (tmp / CONFIG_FILE).write_text(dump_yaml(first.config.model_dump(mode="json")), encoding="utf-8")
+        (tmp / CONFIG_FILE).write_text(dump_config(first.config), encoding="utf-8")
         (tmp / SOUP_FILE).write_text(json.dumps(_recipe(ingredients), indent=2) + "\n", encoding="utf-8")
         own_tokenizer = read_checkpoint_config(first.path).tokenizer_file
         if own_tokenizer is not None:

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from olmo_cli.checkpoint.layout import find_latest_checkpoint, parse_step
 from olmo_cli.config.schema import DataConfig, EvaluatorConfig, TrainConfig
-from olmo_cli.config.yamlio import dump_yaml
+from olmo_cli.config.yamlio import dump_config
 from olmo_cli.data.dataset import MemmapDataset
 from olmo_cli.data.paths import expand_data_paths, is_url
 from olmo_cli.data.summary import check_vocab
@@ -64,8 +64,10 @@ def on_main(world: World, fn: Callable[[], T]) -> T:
 
 
 def config_yaml(cfg: TrainConfig) -> str:
-    """The config as saved in the run directory and every checkpoint (all fields, resolved)."""
-    return dump_yaml(cfg.model_dump(mode="json"))
+    """The config as saved in the run directory and every checkpoint (all fields, resolved; upstream
+    settings olmo does not act on recorded as what it does, so reading the file back warns of nothing
+    olmo wrote itself)."""
+    return dump_config(cfg)
 
 
 # ---- which data --------------------------------------------------------------------------------------

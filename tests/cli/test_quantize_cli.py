@@ -11,7 +11,7 @@ import json
 import pytest
 
 from tests._fixtures import write_checkpoint
-from tests.quant._helpers import quant_config, write_tokens
+from tests.quant._helpers import SEQ, quant_config, write_tokens
 
 from ._helpers import run_olmo, run_olmo_here
 
@@ -40,7 +40,7 @@ def test_int4_report(int4):
     assert report["modules"] == {"int4": 9}  # 4 Linear modules a block, 2 blocks, and the embedding
     assert report["size"]["ratio"] < 0.18
     ev = report["eval"]
-    assert ev["instances"] == 12
+    assert ev["tokens"] == 12 * (SEQ - 1)  # 12 windows of the model's length, all but the first predicted
     for side in ("before", "after"):
         assert ev[side]["perplexity"] > 1 and ev[side]["tokens_per_second"]["1"] > 0
     assert ev["perplexity_change"] == pytest.approx(
@@ -59,7 +59,7 @@ def test_generate_loads_the_quantized_checkpoint(int4):
 def test_eval_loads_the_quantized_checkpoint(source, int4):
     """`olmo eval` takes the int4 output like any checkpoint; its perplexity stays near the source's."""
     ckpt, data = source
-    out, _ = int4
+    out, report = int4
     ppl = {}
     for name, path in (("fp32", ckpt), ("int4", out)):
         proc = run_olmo_here("eval", str(path), "--perplexity", f"val={data}", "--json")
@@ -68,6 +68,9 @@ def test_eval_loads_the_quantized_checkpoint(source, int4):
         assert result["checkpoint_kind"] == ("quantized" if name == "int4" else "unsharded")
         ppl[name] = result["perplexity"]["val"]["perplexity"]
     assert abs(ppl["int4"] / ppl["fp32"] - 1) < 0.10
+    # One perplexity definition (token-weighted): quantize --eval prints what eval --perplexity does.
+    assert report["eval"]["before"]["perplexity"] == pytest.approx(ppl["fp32"], rel=1e-5)
+    assert report["eval"]["after"]["perplexity"] == pytest.approx(ppl["int4"], rel=1e-5)
 
 
 def test_gguf_export(source, tmp_path):

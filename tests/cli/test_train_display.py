@@ -61,6 +61,8 @@ def test_each_event_class_is_rendered_by_its_own_handler(screens):
     assert "step 1/4 · loss 2.5000 · lr 0.001 · 100 tok/s · ETA 3s" in lines
     assert "step 2: saved unsharded checkpoint runs/t/step2-unsharded (0.5s)" in lines
     assert "step 2: eval val/CrossEntropyLoss 2.25 (0.2s)" in lines
+    said = lines[lines.index("step 2: eval val/CrossEntropyLoss 2.25 (0.2s)") + 1]
+    assert "in-loop loss as upstream computes it" in said and "weights every token alike" in said
     assert "finished at step 4 in 12s; loss 2.5000 -> 2.0000" in lines
     assert lines[-1] == "checkpoint: runs/t/step4-unsharded"
     assert "using the default corpus" in err.getvalue() and "warning: lr is ignored" in err.getvalue()

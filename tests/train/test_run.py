@@ -255,6 +255,18 @@ def test_the_corrected_retry_of_a_run_that_never_reached_a_checkpoint_takes_its_
     assert "b/data" in (tmp_path / "run" / "config.yaml").read_text()
 
 
+def test_the_config_a_run_writes_reads_back_without_reports_of_what_olmo_wrote(tmp_path):
+    # Upstream's defaults for settings olmo does not act on (sharded_checkpointer: torch_legacy,
+    # save_data_indices: true, extra_steps_after_cancel: 10) are written as what olmo does instead.
+    quiet_run(run_config(tmp_path, max_duration=1, stop_at=1))
+    saved = tmp_path / "run" / "config.yaml"
+    text = saved.read_text()
+    assert "sharded_checkpointer: torch_new" in text and "save_data_indices: false" in text
+    assert load_config(config_file=saved).ignored == []
+    asked = load_config(config_file=saved, overrides=["extra_steps_after_cancel=3"])
+    assert [item.path for item in asked.ignored] == ["extra_steps_after_cancel"]  # the user's own value
+
+
 def test_indivisible_batch_sizes_are_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="device_train_microbatch_size") as info:
         quiet_run(run_config(tmp_path, device_train_microbatch_size=3))
