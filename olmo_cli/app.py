@@ -14,6 +14,7 @@ import typer
 
 from olmo_cli import __version__
 from olmo_cli.commands import (
+    chat,
     checkpoints,
     convert,
     data,
@@ -35,6 +36,7 @@ app = typer.Typer(
     "\n\n  olmo checkpoints download --model 1b --step 2000"
     "\n\n  olmo inspect-batch 0 --run runs/olmo-tiny"
     "\n\n  olmo generate runs/olmo-tiny --prompt 'def main():'"
+    "\n\n  olmo chat runs/olmo-tiny"
     "\n\n  olmo eval runs/olmo-tiny --perplexity data/val"
     "\n\n  olmo quantize runs/olmo-tiny --method int8 --output runs/olmo-tiny-int8"
     "\n\n  olmo soup ckpts/ingredient1 ckpts/ingredient2 ckpts/ingredient3 --output ckpts/soup",
@@ -51,6 +53,7 @@ app.command("resume")(train.resume_command)
 app.command("inspect-batch")(inspect.inspect_batch_command)
 app.command("convert-hf")(convert.convert_hf_command)
 app.command("generate")(generate.generate_command)
+app.command("chat")(chat.chat_command)
 app.command("quantize")(quantize.quantize_command)
 app.command("eval")(eval_module.eval_command)
 app.command("soup")(soup.soup_command)

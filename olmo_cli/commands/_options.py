@@ -69,3 +69,30 @@ RunDeviceOption = Annotated[
 DtypeOption = Annotated[
     Dtype, typer.Option("--dtype", help="Weights and compute dtype; auto is bf16 on GPU, fp32 on CPU.")
 ]
+
+# How tokens are picked: `olmo generate` and `olmo chat` (GenerationSettings in model/generate.py).
+MaxNewTokensOption = Annotated[int, typer.Option("--max-new-tokens", "-n", min=1, help="Tokens to generate.")]
+TemperatureOption = Annotated[
+    float, typer.Option("--temperature", min=0.0, help="0 is greedy; higher samples more freely.")
+]
+TopKOption = Annotated[
+    int | None,
+    typer.Option("--top-k", min=1, help="Sample among the k likeliest tokens.", show_default=False),
+]
+TopPOption = Annotated[
+    float | None,
+    typer.Option(
+        "--top-p",
+        min=0.0,
+        max=1.0,
+        help="Sample from the smallest set holding this much probability.",
+        show_default=False,
+    ),
+]
+SeedOption = Annotated[int | None, typer.Option("--seed", help="Seed for sampling.", show_default=False)]
+StopOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--stop", help="Stop a completion at this text (not included). Repeatable.", show_default=False
+    ),
+]

@@ -12,7 +12,13 @@ from olmo_cli.commands._options import (
     Dtype,
     DtypeOption,
     JsonOption,
+    MaxNewTokensOption,
     RunDeviceOption,
+    SeedOption,
+    StopOption,
+    TemperatureOption,
+    TopKOption,
+    TopPOption,
 )
 
 if TYPE_CHECKING:
@@ -62,33 +68,12 @@ def generate_command(
             help="Wrap each prompt as a user turn in the OLMo chat format (OLMo 2's with its tokenizer).",
         ),
     ] = False,
-    max_new_tokens: Annotated[
-        int, typer.Option("--max-new-tokens", "-n", min=1, help="Tokens to generate.")
-    ] = 128,
-    temperature: Annotated[
-        float, typer.Option("--temperature", min=0.0, help="0 is greedy; higher samples more freely.")
-    ] = 0.0,
-    top_k: Annotated[
-        int | None,
-        typer.Option("--top-k", min=1, help="Sample among the k likeliest tokens.", show_default=False),
-    ] = None,
-    top_p: Annotated[
-        float | None,
-        typer.Option(
-            "--top-p",
-            min=0.0,
-            max=1.0,
-            help="Sample from the smallest set holding this much probability.",
-            show_default=False,
-        ),
-    ] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="Seed for sampling.", show_default=False)] = None,
-    stop: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--stop", help="Stop a completion at this text (not included). Repeatable.", show_default=False
-        ),
-    ] = None,
+    max_new_tokens: MaxNewTokensOption = 128,
+    temperature: TemperatureOption = 0.0,
+    top_k: TopKOption = None,
+    top_p: TopPOption = None,
+    seed: SeedOption = None,
+    stop: StopOption = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Prompts generated together.")] = 8,
     device: RunDeviceOption = None,
     dtype: DtypeOption = Dtype.auto,
@@ -201,19 +186,12 @@ def _read_prompts(
 def _encode(
     texts: list[str], conversations: list[list[tuple[str, str]] | None], tokenizer: ResolvedTokenizer
 ) -> list[list[int]]:
-    from olmo_cli.data.chat import chat_format_for, render_prompt
+    from olmo_cli.data.prompts import chat_prompt_ids, prompt_ids
 
-    identity = tokenizer.identity
-    eos = identity.eos_token_id
-    style = chat_format_for(identity.identifier, identity.vocab_size, eos)  # OLMo 2's for dolma2
-    prompts = []
-    for text, conversation in zip(texts, conversations, strict=True):
-        if conversation is not None:
-            prompts.append(render_prompt(conversation, tokenizer.tokenizer, eos, tokenizer.eos_token, style))
-        else:
-            # No BOS in OLMo; an empty prompt starts a fresh document, which EOS marks.
-            prompts.append(tokenizer.encode(text, add_special_tokens=False) or [eos])
-    return prompts
+    return [
+        prompt_ids(text, tokenizer) if conversation is None else chat_prompt_ids(conversation, tokenizer)
+        for text, conversation in zip(texts, conversations, strict=True)
+    ]
 
 
 def _warn_length(prompts: list[list[int]], max_new_tokens: int, trained: int) -> None:

@@ -139,6 +139,12 @@ ALLOWED = {
     "eval": _BELOW_FORMATS | {"convert", "quant", "load"},
     "train": _BELOW_FORMATS | {"convert", "quant", "load", "eval", "hub"},
 }
+# The Python API sits on top of the engine: it may import every engine package (never the CLI layer).
+ALLOWED["api"] = set(ALLOWED)
+# The one import that points up: the package's own __init__ reaches the Python API (and the `load`
+# package, callable as `olmo_cli.load(path)`) from its module `__getattr__`, on first use, so
+# `import olmo_cli` stays light. Allowed only inside functions, never at module level.
+LAZY_FROM_PACKAGE = {"api", "load"}
 
 
 def _unit(module: str) -> str:
@@ -158,6 +164,11 @@ def test_every_engine_package_has_a_layer():
 def test_engine_imports_run_one_way(module):
     # Every import counts: module level, inside functions and under TYPE_CHECKING alike.
     own = _unit(module)
+    lazy = (
+        set(_imports(module)) - set(_imports(module, module_level_only=True))
+        if module == "olmo_cli"
+        else set()
+    )
     bad = sorted(
         {
             f"line {line}: {name}"
@@ -166,12 +177,22 @@ def test_engine_imports_run_one_way(module):
             and not _is_cli_layer(name)
             and _unit(name) != own
             and _unit(name) not in ALLOWED[own]
+            and not ((line, name) in lazy and _unit(name) in LAZY_FROM_PACKAGE)
         }
     )
     assert not bad, (
         f"{module} ({own}/) may import only {sorted(ALLOWED[own])}: {bad}; move the shared piece down to "
         "the lowest package that needs it (docs/architecture.md, the layers)"
     )
+
+
+def test_the_package_reaches_the_api_only_lazily(tmp_path):
+    at_import = {_unit(name) for _, name in _imports("olmo_cli", module_level_only=True)}
+    assert not at_import & LAZY_FROM_PACKAGE, "olmo_cli/__init__.py imports the API at module level"
+    assert {_unit(name) for _, name in _imports("olmo_cli")} & LAZY_FROM_PACKAGE  # the check sees them
+    proc, imported = run_watched(["import", "olmo_cli"], ["torch", "numpy", "typer", "rich"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert not imported, f"`import olmo_cli` loaded {imported} (package: first importer)"
 
 
 def test_the_layer_check_sees_upward_imports():
