@@ -82,9 +82,13 @@ class Terminal:
     def type(self, keys: str) -> None:
         os.write(self.master, keys.encode())
 
-    def close(self) -> int:
+    def close(self, timeout: float = 30) -> int:
+        """Waits for the process to end, reading what it still writes (a full terminal would block it)."""
+        deadline = time.monotonic() + timeout
         try:
-            return self.proc.wait(timeout=30)
+            while self.proc.poll() is None and time.monotonic() < deadline:
+                self._read(0.1)
+            return self.proc.wait(timeout=1)
         finally:
             os.close(self.master)
 
@@ -112,7 +116,7 @@ def test_chat_in_a_terminal(chat_ckpt, tmp_path):
         term.type(f"/save {tmp_path / 'a-file' / 'chat.jsonl'}\r")  # under a file: cannot be written
         at = term.read_until("error: cannot write", after=at)
         term.type(f"/save {saved}\r")
-        at = term.read_until("saved 3 messages", after=at)
+        at = term.read_until(PROMPT, after=term.read_until("saved 3 messages", after=at))
         term.type("\x04")  # Ctrl-D
         assert term.close() == 0, term.screen
     finally:
@@ -164,3 +168,19 @@ def test_bad_settings_fail_before_loading(chat_ckpt, tmp_path):
     assert out.returncode == 4 and "does not exist" in out.stderr
     out = run_olmo_here("chat", str(chat_ckpt), "--top-p", "0")
     assert out.returncode == 2 and "top_p" in out.stderr
+
+
+def test_a_hugging_face_directory_chats_like_its_source(chat_ckpt, tmp_path):
+    out = run_olmo_here("convert-hf", str(chat_ckpt), "--output", str(tmp_path / "hf"))
+    assert out.returncode == 0, out.stderr
+    proc = subprocess.run(
+        [olmo_executable(), "chat", str(tmp_path / "hf"), "-n", "20"],
+        input=f"{EXCHANGES[3][0]}\n",
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == _generated(tmp_path / "hf", "-p", EXCHANGES[3][0])["completion"] + "\n"
+    assert proc.stdout == EXCHANGES[3][1] + "\n"
