@@ -16,7 +16,7 @@ import torch
 import olmo_cli.data.default_corpus as default_corpus
 import olmo_cli.train.prepare as prepare
 from olmo_cli.config.loader import load_config
-from olmo_cli.config.schema import DataConfig, EvaluatorConfig, InstanceFilterConfig, WandbConfig
+from olmo_cli.config.schema import DataConfig, EvaluatorConfig, InstanceFilterConfig, WandbConfig, as_acted_on
 from olmo_cli.errors import ConfigError, DataError
 from olmo_cli.model.olmo import build_model
 from olmo_cli.train.callbacks.wandb_sink import wandb_mode
@@ -54,9 +54,12 @@ def test_a_run_trains_records_and_saves(tmp_path):
         lr0 = cfg.optimizer.learning_rate
         assert record["lr"] == pytest.approx(0.1 * lr0 + 0.9 * lr0 * step / 30)
         assert record["optim/total_grad_norm"] > 0
-    # The saved config reads back as the config that ran, data paths made absolute.
+    # The saved config reads back as the config that ran, data paths made absolute, and the upstream
+    # settings olmo does not act on written as what it does instead (sharded_checkpointer: torch_new, ...).
     saved = load_config(config_file=run_dir / "config.yaml").config
-    assert saved == cfg.model_copy(update={"data": cfg.data.model_copy(update={"memmap_dtype": "uint16"})})
+    ran = cfg.model_copy(update={"data": cfg.data.model_copy(update={"memmap_dtype": "uint16"})})
+    assert saved == as_acted_on(ran)
+    assert saved.sharded_checkpointer == "torch_new" and saved.save_data_indices is False
     order = np.fromfile(run_dir / "train_data" / "global_indices.npy", dtype="<u4")
     assert np.array_equal(order, _reference_order(64, cfg.seed))
     assert (run_dir / "latest-unsharded").resolve() == run_dir / "step6-unsharded"
