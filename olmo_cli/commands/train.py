@@ -316,6 +316,8 @@ def _dry_run(
         ui.console.print(f"stops after step {plan.train_steps:,}: {plan.stop_reason}", markup=False)
     if plan.note:
         ui.warn(plan.note)
+    if plan.data_runs_out:
+        ui.warn(plan.data_runs_out)
     ui.warn_ignored(ignored)
 
 

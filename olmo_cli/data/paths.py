@@ -167,11 +167,13 @@ def expand_data_paths(items: Sequence[str]) -> list[TokenFile]:
 
 def _expand_one(item: str) -> list[TokenFile]:
     if is_url(item):
+        refuse_documents_file(item)
         return [TokenFile(item)]
     path = Path(item).expanduser()
     if path.is_dir():
         return _expand_directory(path)
     if path.is_file():
+        refuse_documents_file(str(path))
         refuse_npy_format(path)
         return [TokenFile(str(path))]
     if _GLOB_CHARS & set(item):
@@ -190,7 +192,16 @@ def _expand_directory(directory: Path) -> list[TokenFile]:
     if manifest is None:
         files = sorted(p for p in directory.glob("*.npy") if not p.name.endswith(MASK_SUFFIX))
         if not files:
-            raise DataError(f"{directory} holds no *.npy token files and no {MANIFEST}")
+            # A bare .json beside them is more often a config or a tokenizer than documents.
+            documents = [
+                p for p in sorted(directory.iterdir()) if _documents_kind(p.name) and p.suffix != ".json"
+            ]
+            if documents:
+                refuse_documents_file(str(directory), example=documents[0].name)
+            raise DataError(
+                f"{directory} holds no *.npy token files and no {MANIFEST}",
+                hint="give a directory `olmo data tokenize` wrote, token files, or a glob of them",
+            )
         for path in files:
             refuse_npy_format(path)
         return [TokenFile(str(p)) for p in files]
@@ -246,6 +257,32 @@ def entry_problems(manifest: Manifest, entry: dict[str, Any]) -> list[tuple[Path
                 )
             )
     return problems
+
+
+def _documents_kind(name: str) -> str | None:
+    from olmo_cli.data.inputs import classify
+
+    found = classify(name)
+    return found[0] if found is not None else None
+
+
+def refuse_documents_file(item: str, *, example: str | None = None) -> None:
+    """A JSON Lines or text file of documents (plain or compressed), or a directory of them (`example` names
+    one), given as token data: it would be read as token ids, so say what to run instead."""
+    kind = _documents_kind(example or PurePosixPath(item).name)
+    if kind is None:
+        return
+    name = "JSON Lines" if kind == "jsonl" else "text"
+    what = (
+        f"{item} holds {name} files of documents ({example})"
+        if example
+        else f"{item} is a {name} file of documents"
+    )
+    raise DataError(
+        f"{what}, not token ids: training reads the token files `olmo data tokenize` writes",
+        hint=f"tokenize first: olmo data tokenize {item} --tokenizer TOKENIZER --output DIR, then train on "
+        "DIR (e.g. --data DIR)",
+    )
 
 
 def refuse_npy_format(path: Path) -> None:

@@ -14,6 +14,7 @@ from olmo_cli.config.schema import TrainConfig, parse_duration
 
 __all__ = [
     "EXTRA_STEPS_PAST_MAX",
+    "data_runs_out",
     "max_epochs",
     "max_steps",
     "max_tokens",
@@ -61,6 +62,23 @@ def max_tokens(
 def max_epochs(total_steps: int, steps_per_epoch: int) -> int:
     """Epochs the data loader runs through to reach `total_steps` (0 for data smaller than one batch)."""
     return 0 if steps_per_epoch == 0 else math.ceil(total_steps / steps_per_epoch)
+
+
+def data_runs_out(
+    global_step: int, stop: int, per_epoch: int, epochs: int, *, epoch: int = 0, batches_done: int = 0
+) -> str | None:
+    """When the data ends before the stop step: the warning to print at the start of a run, from the data's
+    known size (`per_epoch` global batches in each of `epochs` epochs, `batches_done` of epoch `epoch`
+    already trained); None when the data lasts."""
+    left = max(epochs - epoch, 0) * per_epoch - batches_done
+    end = global_step + max(left, 0)
+    if end >= stop:
+        return None
+    return (
+        f"the data runs out after step {end:,}, before the stop step {stop:,}: {per_epoch:,} batches per "
+        f"epoch \u00d7 {epochs} epoch{'s' if epochs != 1 else ''}, so the run will end there (give more data, "
+        f"or --set stop_at={end} to make that the planned end)"
+    )
 
 
 def scheduler_position(cfg: TrainConfig, global_step: int, tokens_seen: int) -> int:

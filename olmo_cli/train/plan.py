@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from olmo_cli.config.derived import Footprint, footprint
 from olmo_cli.config.schema import ModelConfig, TrainConfig, parse_duration
 from olmo_cli.errors import ConfigError
-from olmo_cli.train.duration import stop_reason, stop_step
+from olmo_cli.train.duration import data_runs_out, max_epochs, stop_reason, stop_step
 
 __all__ = [
     "Plan",
@@ -42,6 +42,7 @@ class Plan(Footprint):
     seconds: float | None  # at `mfu` of `peak_flops` on every rank
     note: str | None = None  # why a figure is unknown
     stop_reason: str | None = None  # why training stops at train_steps, in words
+    data_runs_out: str | None = None  # when the data's known size ends the run before train_steps
 
     def as_dict(self) -> dict[str, object]:
         out = asdict(self)
@@ -76,6 +77,12 @@ def batch_split(cfg: TrainConfig, world_size: int) -> tuple[int, int]:
     return device_batch, device_batch // micro
 
 
+def _per_epoch(cfg: TrainConfig, world_size: int, dataset_instances: int) -> int:
+    from olmo_cli.data.order import total_size
+
+    return total_size(dataset_instances, world_size, cfg.data.drop_last) // cfg.global_train_batch_size
+
+
 def _steps(cfg: TrainConfig, world_size: int, dataset_instances: int | None) -> tuple[int | None, str | None]:
     count, unit = parse_duration(cfg.max_duration)
     if unit == "steps":
@@ -84,10 +91,23 @@ def _steps(cfg: TrainConfig, world_size: int, dataset_instances: int | None) -> 
         return math.ceil(count / cfg.tokens_per_step), None
     if dataset_instances is None:
         return None, f"max_duration is {count} epochs: the steps depend on the size of the data"
-    from olmo_cli.data.order import total_size
+    return count * _per_epoch(cfg, world_size, dataset_instances), None
 
-    per_epoch = total_size(dataset_instances, world_size, cfg.data.drop_last) // cfg.global_train_batch_size
-    return count * per_epoch, None
+
+def _data_runs_out(
+    cfg: TrainConfig,
+    world_size: int,
+    dataset_instances: int | None,
+    steps: int | None,
+    train_steps: int | None,
+) -> str | None:
+    if dataset_instances is None or steps is None or train_steps is None:
+        return None
+    per_epoch = _per_epoch(cfg, world_size, dataset_instances)
+    if per_epoch == 0:
+        return None  # refused when the run starts: fewer instances than one batch
+    # The loader runs through as many epochs as the schedule needs (train/run.py's schedule).
+    return data_runs_out(0, train_steps, per_epoch, max(max_epochs(steps, per_epoch), 1))
 
 
 def make_plan(
@@ -130,6 +150,7 @@ def make_plan(
         seconds=seconds,
         note=note,
         stop_reason=stop_reason(cfg, 0, steps) if steps is not None else None,
+        data_runs_out=_data_runs_out(cfg, world_size, dataset_instances, steps, train_steps),
     )
 
 

@@ -139,6 +139,7 @@ def _run(cfg: TrainConfig, events: EventSink, options: RunOptions, world: World)
     loader = _loader(cfg, prep.dataset, world, options, state, restored.path)
     schedule = _schedule(cfg, state, loader, optimizer_reset=restored.optimizer_reset)
     _warn_if_nothing_to_do(state, schedule, events)
+    _warn_if_data_runs_out(cfg, state, schedule, loader, events)
     if restored.path is not None:
         position = duration.scheduler_position(cfg, state.global_step, state.tokens_seen)
         set_optimizer_hyperparameters(optim, restored, cfg, schedule.lr(cfg, max(position, 1)))
@@ -298,6 +299,24 @@ def _warn_if_nothing_to_do(state: TrainerState, schedule: Schedule, events: Even
             f"the run is already at its stop step {schedule.stop_step}: to train further, raise "
             "max_duration or stop_at (e.g. --set stop_at=N)"
         )
+        events(Message(text, level="warning"))
+
+
+def _warn_if_data_runs_out(
+    cfg: TrainConfig, state: TrainerState, schedule: Schedule, loader: BatchLoader, events: EventSink
+) -> None:
+    """At the start, not at the end: the data's size says whether it lasts to the stop step."""
+    if state.global_step >= schedule.stop_step:
+        return
+    text = duration.data_runs_out(
+        state.global_step,
+        schedule.stop_step,
+        loader.batches_in_epoch(state.epoch),
+        schedule.max_epochs,
+        epoch=state.epoch,
+        batches_done=state.examples_seen // cfg.global_train_batch_size,
+    )
+    if text is not None:
         events(Message(text, level="warning"))
 
 

@@ -188,6 +188,24 @@ def test_an_np_save_file_is_named_as_such_with_the_fix(tmp_path):
     assert "a.npy" in one_error(proc, 3) and not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("name", ["docs.jsonl", "docs.json.gz", "docs.jsonl.zst", "notes.txt", "dir", "url"])
+def test_documents_given_as_token_data_point_at_data_tokenize(tmp_path, name):
+    """A JSONL or text file (plain or compressed), a directory of them, or a URL of one, passed to --data,
+    is named as documents with the tokenize command to run, before any run folder is made."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.jsonl").write_text('{"text": "hello"}\n')
+    given = {"dir": str(docs), "url": "https://example.invalid/corpus/docs.jsonl.gz"}.get(name)
+    if given is None:
+        given = str(tmp_path / name)
+        Path(given).write_bytes(b'{"text": "hello"}\n' * 64)
+    proc = run_olmo_here("train", *TINY_TRAIN, "--data", given, "--save-folder", "run", cwd=tmp_path)
+    line = one_error(proc, 3)
+    assert given in line and "documents" in line and "not token ids" in line
+    assert f"olmo data tokenize {given} --tokenizer" in proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
 # ---- --verify ----------------------------------------------------------------------------------------
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from olmo_cli.train import duration
 from olmo_cli.train.duration import (
     max_epochs,
     max_steps,
@@ -96,3 +97,11 @@ def test_the_stop_reason_names_what_decides_the_stop_step():
     assert stop_reason(preset("1b", stop_at=500, stop_after=100), 10, 739_328) == (
         "stop_after=100 steps from step 10"
     )
+
+
+def test_data_runs_out_counts_what_is_left_from_the_position_resumed_at():
+    # 8 batches per epoch, 2 epochs: resumed at step 12 (epoch 1, 4 batches into it) the data ends at 16.
+    text = duration.data_runs_out(12, 26, 8, 2, epoch=1, batches_done=4)
+    assert text is not None and text.startswith("the data runs out after step 16, before the stop step 26")
+    assert duration.data_runs_out(12, 16, 8, 2, epoch=1, batches_done=4) is None
+    assert "1 epoch," in duration.data_runs_out(0, 18, 8, 1)

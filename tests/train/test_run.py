@@ -187,6 +187,21 @@ def test_epochs_reshuffle_and_stop_when_the_data_ends(tmp_path):
     result, events = quiet_run(cfg)
     assert result.reason == "data_exhausted" and result.step == 16
     assert any(isinstance(e, Message) and "epoch 1" in e.text for e in events)
+    # ... and that was said at the start, from the data's size, not discovered at the end.
+    started = next(i for i, e in enumerate(events) if isinstance(e, StepDone))
+    said = [e.text for e in events[:started] if isinstance(e, Message) and e.level == "warning"]
+    assert said == [
+        "the data runs out after step 16, before the stop step 26: 8 batches per epoch \u00d7 2 epochs, so the "
+        "run will end there (give more data, or --set stop_at=16 to make that the planned end)"
+    ]
+    from olmo_cli.train.plan import make_plan
+
+    assert make_plan(cfg, world_size=1, dataset_instances=64).data_runs_out == said[0]
+    assert make_plan(cfg, world_size=1, dataset_instances=72).data_runs_out is not None  # 9 x 2 < 28
+    assert (
+        make_plan(cfg.model_copy(update={"stop_at": 16}), world_size=1, dataset_instances=64).data_runs_out
+        is None
+    )
     order = np.fromfile(tmp_path / "run" / "train_data" / "global_indices.npy", dtype="<u4")
     assert np.array_equal(order, _reference_order(64, cfg.seed, epoch=1))
 
