@@ -4,10 +4,16 @@ takes a copy (`checkpoint`)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import pytest
+
+# Whether olmo may use the network is each test's choice (tests/hub/test_offline.py sets these itself);
+# a developer's own offline switch must not turn the loopback servers' tests into refusals.
+for _switch in ("OLMO_OFFLINE", "HF_HUB_OFFLINE"):
+    os.environ.pop(_switch, None)
 
 
 @pytest.fixture(scope="session")

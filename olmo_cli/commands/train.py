@@ -297,7 +297,7 @@ def _dry_run(
 
     world_size = int(os.environ.get("WORLD_SIZE") or nproc_per_node)
     built = count_parameters_on_meta(cfg.model)
-    instances = _instances(cfg, data)
+    instances, unread = _instances(cfg, data)
     peak, source = _dry_run_peak(cfg, device)
     plan = make_plan(cfg, world_size=world_size, peak_flops=peak, dataset_instances=instances)
     if json_output:
@@ -307,6 +307,7 @@ def _dry_run(
                 "parameters_built_on_meta": built,
                 **plan.as_dict(),
                 "peak_flops_source": source,
+                "data_sizes_unread": unread,
                 "not_acted_on": not_acted_on,
             }
         )
@@ -316,19 +317,26 @@ def _dry_run(
         ui.console.print(f"stops after step {plan.train_steps:,}: {plan.stop_reason}", markup=False)
     if plan.note:
         ui.warn(plan.note)
+    if unread:
+        ui.warn(f"the data's sizes could not be read, so the plan cannot say whether it lasts: {unread}")
     if plan.data_runs_out:
         ui.warn(plan.data_runs_out)
     ui.warn_ignored(ignored)
 
 
-def _instances(cfg: TrainConfig, data: list[str] | None) -> int | None:
-    """The number of training instances when the data is named (file sizes only); None for the default
-    corpus, which is not tokenized by a dry run."""
+def _instances(cfg: TrainConfig, data: list[str] | None) -> tuple[int | None, str | None]:
+    """The number of training instances when the data is named (file sizes only; None for the default
+    corpus, which is not tokenized by a dry run), and why it is unknown when remote data's sizes could not
+    be read (offline): the plan is still printed."""
     if not data and not (cfg.data.paths or cfg.data.datasets):
-        return None
+        return None, None
     from olmo_cli.data.dataset import build_dataset
+    from olmo_cli.errors import NetworkError
 
-    return len(build_dataset(cfg.data, cfg.model.max_sequence_length, data))
+    try:
+        return len(build_dataset(cfg.data, cfg.model.max_sequence_length, data)), None
+    except NetworkError as e:
+        return None, e.message
 
 
 def _dry_run_peak(cfg: TrainConfig, device: Device | None) -> tuple[float | None, str | None]:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from olmo_cli.errors import NetworkError
+from olmo_cli.offline import check_online, is_unresolved_host, note_reached, unreachable, was_reached
 
 if TYPE_CHECKING:
     import requests
@@ -40,6 +41,7 @@ def _request(method: str, url: str, headers: dict[str, str] | None = None) -> re
     """One request with the retry policy; returns a response with a status below 400."""
     import requests
 
+    check_online(url)
     last = ""
     for attempt in range(RETRIES + 1):
         if attempt:
@@ -49,8 +51,11 @@ def _request(method: str, url: str, headers: dict[str, str] | None = None) -> re
                 method, url, headers=headers, timeout=TIMEOUT_S, allow_redirects=True
             )
         except (requests.ConnectionError, requests.Timeout) as e:
+            if is_unresolved_host(e) and not was_reached(url):
+                raise unreachable(url) from None  # offline: retrying will not help
             last = f"{type(e).__name__}: {e}"
             continue
+        note_reached(url)
         if response.status_code >= 500:
             last = f"HTTP {response.status_code}"
             continue

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from olmo_cli.errors import DataError, NetworkError, UsageError
+from olmo_cli.offline import cached_when_offline
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -221,6 +222,9 @@ def fetch(url: str) -> Path:
 
     logging.getLogger("cached_path").setLevel(logging.CRITICAL)  # its failures reach the user as ours
 
+    cached = cached_when_offline(url, f"could not download {url}")
+    if cached is not None:
+        return cached
     try:
         return Path(cached_path(url, quiet=True))
     except FileNotFoundError as exc:

@@ -13,9 +13,12 @@ this module loads without it. The class implements the harness's model contract 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
-from collections.abc import Sequence
+import os
+import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,12 +27,21 @@ import torch
 from olmo_cli.errors import NetworkError, UsageError
 from olmo_cli.eval.requests import Request
 from olmo_cli.eval.scoring import score_requests
+from olmo_cli.offline import HF_DEFAULT_ENDPOINT, offline_switch, resolves
 
 if TYPE_CHECKING:
     from olmo_cli.data.tokenizer import ResolvedTokenizer
     from olmo_cli.eval.taskfile import TaskData
 
-__all__ = ["MODEL_NAME", "export_harness_task", "harness_available", "harness_lm", "lm_class", "run_harness"]
+__all__ = [
+    "MODEL_NAME",
+    "check_harness_data_reachable",
+    "export_harness_task",
+    "harness_available",
+    "harness_lm",
+    "lm_class",
+    "run_harness",
+]
 
 MODEL_NAME = "olmo-cli"
 INSTALL_HINT = "pip install 'olmo-cli[eval]' (or 'lm-eval[hf]'): the harness is an optional extra"
@@ -169,6 +181,72 @@ def _load(pretrained: str | None, device: str | None, dtype: str | None) -> tupl
     return load_model(found, device=device or "cpu", dtype=torch_dtype), load_tokenizer(found)
 
 
+def _hub_unreachable() -> str | None:
+    """Why the Hub cannot be used now (a switch, or its host name not resolving), or None."""
+    endpoint = os.environ.get("HF_ENDPOINT") or HF_DEFAULT_ENDPOINT
+    switch = offline_switch(endpoint)
+    if switch is not None:
+        return f"{switch} is set"
+    return None if resolves(endpoint) else f"the host name of {endpoint} does not resolve"
+
+
+def _cached_hub_datasets() -> bool:
+    """Whether the Hugging Face caches hold any dataset (the `datasets` cache, or the Hub's)."""
+    home = Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface").expanduser()
+    datasets_cache = Path(os.environ.get("HF_DATASETS_CACHE") or home / "datasets").expanduser()
+    hub_cache = Path(os.environ.get("HF_HUB_CACHE") or home / "hub").expanduser()
+    try:
+        in_datasets = datasets_cache.is_dir() and any(p.is_dir() for p in datasets_cache.iterdir())
+        return in_datasets or (hub_cache.is_dir() and any(hub_cache.glob("datasets--*")))
+    except OSError:
+        return False
+
+
+def check_harness_data_reachable() -> None:
+    """Harness tasks read their data from the Hub: without a network and with nothing cached, this is the
+    error, in a second, instead of after loading the model, indexing the tasks and the libraries' retries."""
+    why = _hub_unreachable()
+    if why is None or _cached_hub_datasets():
+        return
+    raise NetworkError(
+        f"harness task data comes from the Hugging Face Hub, which cannot be reached ({why}), and no "
+        "dataset is cached under ~/.cache/huggingface",
+        hint="run once with the network to cache the tasks' data (later runs use the cache offline), or give "
+        "local tasks with --harness-include DIR",
+    )
+
+
+@contextlib.contextmanager
+def _hub_offline_when_unreachable() -> Iterator[None]:
+    """Without a network (OLMO_OFFLINE, HF_HUB_OFFLINE, or the Hub's host name not resolving), the Hugging
+    Face libraries run in their offline mode: cached task data is used, and what is not cached fails at
+    once instead of after their half a minute of retries. Restored afterwards."""
+    if _hub_unreachable() is None:
+        yield
+        return
+    names = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    saved_env = {name: os.environ.get(name) for name in names}
+    attributes = [("huggingface_hub.constants", "HF_HUB_OFFLINE"), ("datasets.config", "HF_HUB_OFFLINE")]
+    attributes += [("datasets.config", "HF_DATASETS_OFFLINE")]
+    saved_attributes = []
+    os.environ.update({name: "1" for name in names})
+    for module_name, attribute in attributes:
+        module = sys.modules.get(module_name)  # read at import by the libraries: set where imported
+        if module is not None and hasattr(module, attribute):
+            saved_attributes.append((module, attribute, getattr(module, attribute)))
+            setattr(module, attribute, True)
+    try:
+        yield
+    finally:
+        for name, value in saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        for module, attribute, value in saved_attributes:
+            setattr(module, attribute, value)
+
+
 @functools.cache
 def _task_manager(include_path: str | None) -> Any:
     """The harness's task index (it reads every task YAML it has, seconds of work): built once."""
@@ -196,14 +274,15 @@ def run_harness(
             hint="see `lm-eval ls tasks`; local task YAMLs are found with --harness-include DIR",
         )
     try:
-        found = simple_evaluate(
-            model=lm,
-            tasks=list(tasks),
-            task_manager=manager,
-            limit=limit,
-            log_samples=False,
-            bootstrap_iters=1000,
-        )
+        with _hub_offline_when_unreachable():
+            found = simple_evaluate(
+                model=lm,
+                tasks=list(tasks),
+                task_manager=manager,
+                limit=limit,
+                log_samples=False,
+                bootstrap_iters=1000,
+            )
     except ConnectionError as exc:  # `datasets` could not fetch a task's data from the Hub
         raise NetworkError(
             f"harness task data could not be downloaded: {exc}",

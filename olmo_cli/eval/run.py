@@ -110,6 +110,10 @@ def _selected_tasks(req: EvalRequest) -> list[TaskData]:
         names = list(CORE_TASKS)
     if req.harness and not harness_available():
         raise UsageError("--harness needs lm-evaluation-harness, which is not installed", hint=INSTALL_HINT)
+    if req.harness and req.harness_include is None:
+        from olmo_cli.eval.harness import check_harness_data_reachable
+
+        check_harness_data_reachable()  # offline with nothing cached: say so before the model loads
     data = find_package_data() if names else None
     return load_tasks(names, list(req.task_files), data=data, limit=req.limit)
 

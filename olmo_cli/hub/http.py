@@ -21,6 +21,7 @@ from urllib.parse import urljoin, urlsplit
 
 from olmo_cli import __version__
 from olmo_cli.errors import NetworkError
+from olmo_cli.offline import check_online, is_unresolved_host, note_reached, unreachable, was_reached
 
 if TYPE_CHECKING:
     import requests
@@ -125,13 +126,20 @@ def request(
 ) -> requests.Response:
     """`method` on `url`, streamed, following redirects (see the module docstring). The caller closes it;
     `history` holds the redirects that led to it, closed, with their headers."""
+    check_online(url)
     history: list[requests.Response] = []
     seen = {url}
     current = url
     while True:
-        response = session().request(
-            method, current, headers=headers, stream=True, timeout=timeout, allow_redirects=False
-        )
+        try:
+            response = session().request(
+                method, current, headers=headers, stream=True, timeout=timeout, allow_redirects=False
+            )
+        except Exception as exc:
+            if is_unresolved_host(exc) and not was_reached(current):
+                raise unreachable(current) from None  # offline: retrying will not help (olmo_cli/offline.py)
+            raise
+        note_reached(current)
         location = response.headers.get("Location") if response.is_redirect else None
         if location is None:
             response.history = history

@@ -25,6 +25,7 @@ from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
 from olmo_cli.errors import ConfigError, NetworkError, UsageError
+from olmo_cli.offline import cached_when_offline
 
 __all__ = [
     "HF_REPOS",
@@ -418,6 +419,9 @@ def load_index(
         # Published indexes change a few times a year; this also spares an offline user cached-path's
         # half-minute of connection retries before it falls back to the cached copy.
         return read_index_file(recent, location)
+    offline_copy = cached_when_offline(location, f"reading the checkpoint index {location}", cache_dir)
+    if offline_copy is not None:
+        return read_index_file(offline_copy, location)
     try:
         local = Path(cached_path(location, cache_dir=cache_dir, quiet=True))
     except FileNotFoundError as exc:

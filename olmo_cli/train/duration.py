@@ -76,8 +76,8 @@ def data_runs_out(
         return None
     return (
         f"the data runs out after step {end:,}, before the stop step {stop:,}: {per_epoch:,} batches per "
-        f"epoch \u00d7 {epochs} epoch{'s' if epochs != 1 else ''}, so the run will end there (give more data, "
-        f"or --set stop_at={end} to make that the planned end)"
+        f"epoch \u00d7 {epochs} epoch{'s' if epochs != 1 else ''}, so the run will end there "
+        f"(give more data, or --set stop_at={end} to make that the planned end)"
     )
 
 

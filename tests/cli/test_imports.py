@@ -123,7 +123,7 @@ def test_engine_module_imports_no_ui(module):
 
 # Modules at the bottom, usable by every package: they import nothing of ours but errors (and the
 # package's own __version__).
-BASE = {"olmo_cli", "errors", "atomic", "untrusted", "memory", "dirlock", "world"}
+BASE = {"olmo_cli", "errors", "atomic", "untrusted", "memory", "dirlock", "world", "offline"}
 _BELOW_FORMATS = BASE | {"config", "data", "model", "checkpoint"}
 # What each engine package may import (its own modules aside); the CLI layer may import anything.
 ALLOWED = {

@@ -191,8 +191,8 @@ def test_epochs_reshuffle_and_stop_when_the_data_ends(tmp_path):
     started = next(i for i, e in enumerate(events) if isinstance(e, StepDone))
     said = [e.text for e in events[:started] if isinstance(e, Message) and e.level == "warning"]
     assert said == [
-        "the data runs out after step 16, before the stop step 26: 8 batches per epoch \u00d7 2 epochs, so the "
-        "run will end there (give more data, or --set stop_at=16 to make that the planned end)"
+        "the data runs out after step 16, before the stop step 26: 8 batches per epoch \u00d7 2 epochs, "
+        "so the run will end there (give more data, or --set stop_at=16 to make that the planned end)"
     ]
     from olmo_cli.train.plan import make_plan
 
