@@ -27,6 +27,7 @@ from olmo_cli.commands import (
     train,
 )
 from olmo_cli.commands import eval as eval_module
+from olmo_cli.commands._help import polish
 
 app = typer.Typer(
     name="olmo",
@@ -75,6 +76,9 @@ def root(
     ] = False,
 ) -> None:
     """olmo: one command line for OLMo models."""
+
+
+polish(app)  # after every command and the root callback are registered: reflowed help, no <bool> labels
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -110,7 +111,7 @@ def progress(
         return
     columns = [TextColumn("{task.description}"), BarColumn(), TaskProgressColumn()]
     columns += [_RateColumn(name, unit) for name, unit in (rates or {}).items()]
-    columns.append(TimeRemainingColumn())
+    columns.append(TimeRemainingColumn(elapsed_when_finished=True))  # when done: the time it took
     # Shown from the first update on: work that ends (or fails) before any progress leaves no empty bar.
     bar = Progress(*columns, console=err_console, transient=False)
     task = bar.add_task(description, total=total)
@@ -143,6 +144,23 @@ class _RateColumn(ProgressColumn):
         return Text(f"{human_count(rate)} {self.unit}/s", style="cyan")
 
 
+class _AverageSpeedColumn(ProgressColumn):
+    """Bytes per second: over the last half minute while the transfer runs, and once it has finished,
+    the average over the whole of it (bytes moved in this run / the time since the first byte was
+    asked for) - not the speed of the last file."""
+
+    def render(self, task: Task) -> Text:
+        began, moved = task.fields.get("began"), task.fields.get("moved")
+        if task.finished and began is not None and moved is not None:
+            seconds = (task.fields.get("ended") or time.monotonic()) - began
+            speed = moved / seconds if seconds > 0 else None
+        else:
+            speed = task.speed
+        if speed is None:
+            return Text("?", style="progress.data.speed")
+        return Text(f"{human_bytes(speed)}/s", style="progress.data.speed")  # binary, as the sizes
+
+
 class Transfers:
     """Download progress on stderr: a bar per file being fetched and one for the total, each with its
     size, speed and ETA. Keys are whatever the caller uses to name a file."""
@@ -151,6 +169,8 @@ class Transfers:
         self._progress = progress
         self._tasks: dict[Any, Any] = {}
         self._done: dict[Any, float] = {}
+        self._resumed: dict[Any, float] = {}  # bytes each file had on disk before this run
+        self._began: float | None = None
         self._total = progress.add_task("total", total=0, completed=0) if progress else None
 
     def add(self, key: Any, description: str, total: float | None, completed: float = 0) -> None:
@@ -160,10 +180,16 @@ class Transfers:
             self._progress.start()
         self._tasks[key] = self._progress.add_task(description, total=total, completed=completed)
         self._done[key] = completed
+        self._resumed[key] = completed
+        if self._began is None:
+            self._began = time.monotonic()
         grand = self._progress.tasks[self._total]
         # reset, not update: bytes already on disk from an earlier run must not count as speed
         self._progress.reset(
-            self._total, total=(grand.total or 0) + (total or 0), completed=sum(self._done.values())
+            self._total,
+            total=(grand.total or 0) + (total or 0),
+            completed=sum(self._done.values()),
+            **self._fields(),
         )
 
     def update(self, key: Any, completed: float) -> None:
@@ -185,8 +211,17 @@ class Transfers:
         if self._progress is not None:
             self._progress.console.print(message, markup=False, soft_wrap=True, style="yellow")
 
+    def _fields(self) -> dict[str, float | None]:
+        moved = sum(self._done.values()) - sum(self._resumed.values())
+        return {"began": self._began, "moved": moved, "ended": None}
+
     def _refresh_total(self) -> None:
-        self._progress.update(self._total, completed=sum(self._done.values()))
+        done = sum(self._done.values())
+        fields = self._fields()
+        grand = self._progress.tasks[self._total]
+        if grand.total is not None and done >= grand.total:
+            fields["ended"] = time.monotonic()
+        self._progress.update(self._total, completed=done, **fields)
 
 
 @contextmanager
@@ -198,7 +233,6 @@ def transfers(enabled: bool = True) -> Iterator[Transfers]:
         Progress,
         TextColumn,
         TimeRemainingColumn,
-        TransferSpeedColumn,
     )
 
     if not enabled:
@@ -208,8 +242,8 @@ def transfers(enabled: bool = True) -> Iterator[Transfers]:
         TextColumn("{task.description}", table_column=None),
         BarColumn(),
         DownloadColumn(binary_units=True),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
+        _AverageSpeedColumn(),
+        TimeRemainingColumn(elapsed_when_finished=True),
         console=err_console,
         transient=False,
     )

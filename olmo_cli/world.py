@@ -22,6 +22,8 @@ __all__ = [
     "barrier",
     "broadcast_object",
     "close_world",
+    "DTYPE_NAMES",
+    "canonical_dtype",
     "compute_dtype",
     "init_world",
     "pick_device",
@@ -101,12 +103,29 @@ def pick_device(name: str | None) -> torch.device:
     return device
 
 
+# One vocabulary for every --dtype (and the Python API's dtype=): each short name and its torch name.
+DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def canonical_dtype(name: str) -> str:
+    """ "float32", "bfloat16" or "float16" for a short or long name (any case), "auto" for auto; else a
+    UsageError listing the names."""
+    key = str(name).strip().lower()
+    if key == "auto" or key in DTYPE_NAMES.values():
+        return key
+    if key in DTYPE_NAMES:
+        return DTYPE_NAMES[key]
+    names = ", ".join(["auto", *(f"{short}/{long}" for short, long in DTYPE_NAMES.items())])
+    raise UsageError(f"unknown dtype {name!r}", hint=f"one of {names}")
+
+
 def compute_dtype(choice: str, device: torch.device) -> torch.dtype:
     """Weights and compute dtype: "auto" is bf16 on GPU and fp32 on CPU (bf16 matmuls are slow on many
-    CPUs); else "bf16" or "fp32"."""
-    if choice == "auto":
+    CPUs); else the dtype `choice` names (fp32/float32, bf16/bfloat16, fp16/float16)."""
+    name = canonical_dtype(choice)
+    if name == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return {"bf16": torch.bfloat16, "fp32": torch.float32}[choice]
+    return getattr(torch, name)
 
 
 def _resolve_device(device: str | torch.device | None, local_rank: int) -> torch.device:

@@ -33,8 +33,8 @@ def load(path: str | Path, *, device: str | torch.device | None = "cpu", dtype: 
     OLMo directory, a quantized directory or a LoRA adapter (merged into its base).
 
     `device`: "cpu", "cuda", "cuda:1", ... (None: cuda when there is one). `dtype`: "auto" (bf16 on a
-    GPU, fp32 on the CPU), "bf16", "fp32" or a torch dtype. The checkpoint's warnings are issued as
-    Python warnings and kept in `Model.warnings`.
+    GPU, fp32 on the CPU), "fp32"/"float32", "bf16"/"bfloat16", "fp16"/"float16" or a torch dtype. The
+    checkpoint's warnings are issued as Python warnings and kept in `Model.warnings`.
     """
     from olmo_cli.load.build import load_tokenizer
     from olmo_cli.load.read import read_checkpoint
@@ -53,9 +53,7 @@ def _placement(device: str | torch.device | None, dtype: Any) -> tuple[torch.dev
     where = pick_device(None if device is None else str(device))
     if isinstance(dtype, torch.dtype):
         return where, dtype
-    if dtype not in ("auto", "bf16", "fp32"):
-        raise UsageError(f"dtype {dtype!r} is not one of auto, bf16, fp32", hint='e.g. dtype="fp32"')
-    return where, compute_dtype(dtype, where)
+    return where, compute_dtype(dtype, where)  # a UsageError naming the choices for an unknown name
 
 
 class Model:

@@ -55,11 +55,15 @@ OverwriteOption = Annotated[
 
 
 class Dtype(str, Enum):
-    """Weights and compute dtype of commands that run a checkpoint (generate, eval)."""
+    """Every --dtype's names (world.canonical_dtype reads them): auto, and each dtype short and long."""
 
     auto = "auto"
-    bf16 = "bf16"
     fp32 = "fp32"
+    float32 = "float32"
+    bf16 = "bf16"
+    bfloat16 = "bfloat16"
+    fp16 = "fp16"
+    float16 = "float16"
 
 
 RunDeviceOption = Annotated[
@@ -67,7 +71,10 @@ RunDeviceOption = Annotated[
     typer.Option("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available).", show_default=False),
 ]
 DtypeOption = Annotated[
-    Dtype, typer.Option("--dtype", help="Weights and compute dtype; auto is bf16 on GPU, fp32 on CPU.")
+    Dtype,
+    typer.Option(
+        "--dtype", help="Weights and compute dtype (short or long name); auto is bf16 on GPU, fp32 on CPU."
+    ),
 ]
 
 # How tokens are picked: `olmo generate` and `olmo chat` (GenerationSettings in model/generate.py).

@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from olmo_cli.commands._options import JsonOption, OverwriteOption
-
-
-class ExportDtype(str, Enum):
-    float32 = "float32"
-    bfloat16 = "bfloat16"
-    float16 = "float16"
+from olmo_cli.commands._options import Dtype, JsonOption, OverwriteOption
 
 
 def convert_hf_command(
@@ -44,9 +37,12 @@ def convert_hf_command(
         typer.Option(help="Split the weights into safetensors files of at most this size, with an index."),
     ] = "5GB",
     dtype: Annotated[
-        ExportDtype,
-        typer.Option(help="Weight dtype of the Hugging Face export (native checkpoints hold float32)."),
-    ] = ExportDtype.float32,
+        Dtype,
+        typer.Option(
+            help="Weight dtype of the Hugging Face export, short or long name; auto keeps the checkpoint's "
+            "float32 (native checkpoints hold float32)."
+        ),
+    ] = Dtype.auto,
     overwrite: OverwriteOption = False,
     json_output: JsonOption = False,
 ) -> None:
@@ -73,7 +69,7 @@ def convert_hf_command(
     if from_hf:
         _import(checkpoint, output, dtype, overwrite, json_output)
     else:
-        _export(checkpoint, output, max_shard_size, dtype.value, overwrite, json_output)
+        _export(checkpoint, output, max_shard_size, _export_dtype(dtype), overwrite, json_output)
 
 
 def _export(
@@ -133,12 +129,19 @@ def _export(
     )
 
 
-def _import(checkpoint: Path, output: Path, dtype: ExportDtype, overwrite: bool, as_json: bool) -> None:
+def _export_dtype(dtype: Dtype) -> str:
+    from olmo_cli.world import canonical_dtype
+
+    name = canonical_dtype(dtype.value)
+    return "float32" if name == "auto" else name
+
+
+def _import(checkpoint: Path, output: Path, dtype: Dtype, overwrite: bool, as_json: bool) -> None:
     from olmo_cli import ui
     from olmo_cli.convert.import_hf import read_hf, write_native
     from olmo_cli.errors import UsageError
 
-    if dtype is not ExportDtype.float32:
+    if _export_dtype(dtype) != "float32":
         raise UsageError(
             "--dtype applies to the Hugging Face export; native checkpoints hold float32 weights"
         )

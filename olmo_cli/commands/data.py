@@ -42,6 +42,7 @@ def tokenize_command(
     inputs: Annotated[
         list[str],
         typer.Argument(
+            metavar="INPUT",
             help="Files, directories or globs, local or remote (https://, s3://, gs://, hf://): JSON Lines "
             "(.jsonl/.json) or text (.txt), plain, .gz or .zst.",
             show_default=False,
@@ -218,7 +219,7 @@ def inspect_command(
     paths: Annotated[
         list[str],
         typer.Argument(
-            metavar="DIR|FILES...",
+            metavar="DIR|FILE",
             help="Token data: a directory from `olmo data tokenize`, token files, globs or http(s) URLs.",
             show_default=False,
         ),

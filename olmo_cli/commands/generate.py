@@ -124,16 +124,19 @@ def generate_command(
     seconds = time.perf_counter() - start
     generated = sum(len(c.token_ids) for c in results)
     if json_output:
-        ui.print_json(_as_json(found.path, texts, results, settings, seconds, where, torch_dtype))
+        out = _as_json(found.path, texts, results, settings, seconds, where, torch_dtype)
+        out["quantization"] = found.quantization.summary() if found.quantization is not None else None
+        ui.print_json(out)
         return
     if not stream:
         for i, (text, result) in enumerate(zip(texts, results, strict=True)):
             ui.console.rule(f"prompt {i + 1}", style="dim")
             ui.console.print(text, style="dim", markup=False, highlight=False)
             ui.console.out(result.text)
+    weights = f", {found.quantization.describe()}" if found.quantization is not None else ""
     ui.err_console.print(
         f"[dim]{generated} tokens in {seconds:.2f}s ({generated / max(seconds, 1e-9):.1f} tokens/s, "
-        f"{where} {str(torch_dtype).removeprefix('torch.')})[/]"
+        f"{where} {str(torch_dtype).removeprefix('torch.')}{weights})[/]"
     )
 
 

@@ -71,7 +71,9 @@ def list_command(json_output: JsonOption = False) -> None:
 def show_command(
     name: Annotated[
         str | None,
-        typer.Argument(help="Preset name.", autocompletion=complete_preset, show_default=False),
+        typer.Argument(
+            metavar="NAME", help="Preset name.", autocompletion=complete_preset, show_default=False
+        ),
     ] = None,
     config: ConfigOption = None,
     overrides: SetOption = None,

@@ -25,7 +25,7 @@ def soup_command(
     checkpoints: Annotated[
         list[Path],
         typer.Argument(
-            metavar="CKPT...",
+            metavar="CKPT",
             help="Two or more checkpoints of one model: ours or upstream's (stepN-unsharded/, sharded "
             "stepN/, a run folder: its latest) or Hugging Face directories.",
             show_default=False,

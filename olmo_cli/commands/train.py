@@ -179,6 +179,7 @@ def resume_command(
     run_dir: Annotated[
         Path | None,
         typer.Argument(
+            metavar="RUN_DIR",
             help="The run directory (save_folder) to continue; default: the checkpoint's parent, else the "
             "current directory.",
             file_okay=False,

@@ -189,13 +189,13 @@ class Summary(Footprint):
     n_kv_heads: int
     context_length: int
     tokens_per_step: int
-    training_tokens: float | None
+    training_tokens: int | None  # a count: an int in JSON whether it came from the schedule or a preset
 
     @property
-    def training_flops(self) -> float | None:
+    def training_flops(self) -> int | None:
         if self.training_tokens is None:
             return None
-        return self.training_flops_per_token * self.training_tokens
+        return int(self.training_flops_per_token) * self.training_tokens
 
     def as_dict(self) -> dict[str, object]:
         m = self.memory
@@ -237,5 +237,9 @@ def summarize(cfg: TrainConfig, *, gpus: int = 1, published_tokens: float | None
         n_kv_heads=model.effective_n_kv_heads,
         context_length=model.max_sequence_length,
         tokens_per_step=cfg.tokens_per_step,
-        training_tokens=tokens if tokens is not None else published_tokens,
+        training_tokens=tokens if tokens is not None else _count(published_tokens),
     )
+
+
+def _count(value: float | None) -> int | None:
+    return None if value is None else int(round(value))

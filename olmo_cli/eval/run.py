@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from olmo_cli.errors import CheckpointError, UsageError
 from olmo_cli.eval.events import EvalEvents, Message, StageDone, StageProgress, StageStarted
@@ -49,7 +49,7 @@ class EvalRequest:
     seq_len: int | None = None  # perplexity window; None: the model's max_sequence_length
     max_length: int = 2048  # tasks: context window in tokens
     device: str | None = None  # None: cuda when there is one
-    dtype: Literal["auto", "bf16", "fp32"] = "auto"
+    dtype: str = "auto"  # auto, fp32/float32, bf16/bfloat16, fp16/float16 (world.canonical_dtype)
 
 
 def _ignore(event: object) -> None:

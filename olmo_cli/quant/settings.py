@@ -81,6 +81,28 @@ class QuantLayout:
     def to_json(self) -> str:
         return json.dumps(self.as_dict(), indent=2) + "\n"
 
+    def summary(self) -> dict[str, Any]:
+        """What a model run from this checkpoint is: the method, its group size, whether the embeddings
+        are quantized, and how many modules are (and fell back to int8)."""
+        method = self.settings.method
+        return {
+            "method": method,
+            "group_size": self.settings.group_size,
+            "embeddings": self.settings.embeddings,
+            "modules": len(self.modules),
+            "int8_fallbacks": sum(1 for m in self.modules.values() if m != method),
+        }
+
+    def describe(self) -> str:
+        """One phrase for a status line, e.g. "int4 weights (groups of 64; 2 modules int8)"."""
+        info = self.summary()
+        parts = [f"groups of {info['group_size']}"] if info["group_size"] else ["per output channel"]
+        if info["int8_fallbacks"]:
+            parts.append(f"{info['int8_fallbacks']} module{'s' if info['int8_fallbacks'] != 1 else ''} int8")
+        if not info["embeddings"]:
+            parts.append("embeddings unquantized")
+        return f"{info['method']} weights ({'; '.join(parts)})"
+
     @classmethod
     def from_json(cls, text: str, *, source: str) -> QuantLayout:
         """Parses and checks the record; anything unknown or inconsistent is a CheckpointError."""

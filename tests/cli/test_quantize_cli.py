@@ -54,6 +54,16 @@ def test_generate_loads_the_quantized_checkpoint(int4):
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)["results"][0]
     assert 1 <= result["completion_tokens"] <= 4 or result["finish_reason"] == "eos"
+    # It says which quantization it runs: in --json, and on the status line.
+    assert json.loads(proc.stdout)["quantization"] == {
+        "method": "int4",
+        "group_size": 128,
+        "embeddings": True,
+        "modules": 9,
+        "int8_fallbacks": 0,
+    }
+    proc = run_olmo_here("generate", str(out), "--prompt", "def main", "-n", "4", COLUMNS="200")
+    assert proc.returncode == 0 and "int4 weights (groups of 128))" in proc.stderr
 
 
 def test_eval_loads_the_quantized_checkpoint(source, int4):

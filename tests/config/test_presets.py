@@ -341,3 +341,18 @@ def test_presets_list_groups_the_families():
     assert {row["name"]: row["family"] for row in listed} == {
         name: "OLMo 2" if name.startswith("olmo2-") else "OLMo 1" for name in ALL
     }
+
+
+def test_presets_list_json_gives_each_field_one_type():
+    """A script reads a field the same way for every preset: counts are ints whether they come from the
+    schedule (1b) or a preset's published figure (7b-0424), and nothing is a float that counts."""
+    listed = _json("presets", "list")
+    types: dict[str, set[str]] = {}
+    for row in listed:
+        flat = {**row, **{f"memory_per_gpu.{k}": v for k, v in row.pop("memory_per_gpu").items()}}
+        for key, value in flat.items():
+            types.setdefault(key, set()).add(type(value).__name__)
+    assert {k: v for k, v in types.items() if len(v) > 1} == {}
+    assert types["training_tokens"] == {"int"} and types["training_flops"] == {"int"}
+    by_name = {row["name"]: row for row in listed}
+    assert by_name["7b-0424"]["training_tokens"] == 2_050_000_000_000
