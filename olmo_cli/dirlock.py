@@ -20,12 +20,22 @@ import shlex
 import socket
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from olmo_cli.errors import OlmoError, UsageError
 
-__all__ = ["LOCK_NAME", "TOKEN_ENV", "DirectoryLock", "Holder", "lock_directory", "lock_run_dir"]
+__all__ = [
+    "LOCK_NAME",
+    "TOKEN_ENV",
+    "DirectoryLock",
+    "Holder",
+    "lock_directory",
+    "lock_run_dir",
+    "waiting_lock",
+]
 
 LOCK_NAME = ".olmo.lock"
 TOKEN_ENV = "OLMO_DIR_LOCK_TOKEN"
@@ -220,6 +230,23 @@ def lock_run_dir(run_dir: Path | str) -> DirectoryLock:
         busy_hint=f"wait for that job to end, or stop it (SIGTERM or Ctrl-C saves a checkpoint) and then "
         f"`olmo resume {run_dir}`; --save-folder DIR trains elsewhere",
     )
+
+
+@contextmanager
+def waiting_lock(lock_file: Path) -> Iterator[None]:
+    """Held by one process at a time, the others waiting their turn (for work done once for all, such as
+    filling a cache); the system drops it when its holder dies. A no-op without fcntl (Windows)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(lock_file, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _open(path: Path, error: type[OlmoError]) -> int:

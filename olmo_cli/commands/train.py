@@ -187,13 +187,12 @@ def resume_command(
         ),
     ] = None,
     load_path: Annotated[
-        Path | None,
+        str | None,  # not a Path: that would turn s3://bucket/run into s3:/bucket/run
         typer.Option(
             "--load-path",
             metavar="CKPT",
             help="Continue from this checkpoint directory (stepN/ or stepN-unsharded/, also an upstream "
             "one) instead of the newest in RUN_DIR.",
-            file_okay=False,
             show_default=False,
         ),
     ] = None,
@@ -219,16 +218,20 @@ def resume_command(
 
       olmo resume runs/continued --load-path ckpts/OLMo-1B/step20000-unsharded --nproc-per-node 8
     """
+    from olmo_cli.commands._train_display import TrainDisplay
     from olmo_cli.config.loader import load_config
     from olmo_cli.errors import CheckpointError
     from olmo_cli.train.restore import resume_target
     from olmo_cli.train.run import RunOptions
 
-    directory, checkpoint, config_file = resume_target(run_dir, load_path)
+    # A checkpoint on an object store downloads here, its progress shown as a run's events are.
+    with TrainDisplay(mode="json" if json_output else None) as display:
+        events = display if is_main_process() else None
+        target = resume_target(run_dir, load_path, events)
     loaded = load_config(
-        config_file=config_file,
+        config_file=target.config_file,
         overrides=overrides or [],
-        forced={"save_folder": str(directory), "load_path": str(checkpoint)},
+        forced={"save_folder": str(target.directory), "load_path": str(target.checkpoint)},
         origins={"save_folder": "the run directory", "load_path": "--load-path"},
         file_error=CheckpointError,
     )
@@ -237,7 +240,9 @@ def resume_command(
         from olmo_cli import ui
 
         ui.warn_ignored(loaded.ignored)
-    options = RunOptions(device=device.value if device else None, wandb=not no_wandb, continuing=True)
+    options = RunOptions(
+        device=device.value if device else None, wandb=not no_wandb, continuing=True, source_url=target.url
+    )
     run_training(loaded.config, options, json_output)
 
 

@@ -207,7 +207,7 @@ class OptimizerConfig(Section):
     decay_norm_and_bias: bool = False
     decay_embeddings: bool = False
     metrics_log_interval: int | None = None
-    record_update_metrics: bool = False
+    record_update_metrics: Annotated[bool, NotActedOn("per-parameter update metrics are not logged")] = False
 
     @model_validator(mode="before")
     @classmethod
@@ -268,7 +268,9 @@ class DataConfig(Section):
     label_mask_paths: list[str] | None = None
     pad_direction: Literal["right", "left"] = "right"
     generate_attention_mask: bool = False
-    generate_doc_lengths: bool = False
+    generate_doc_lengths: Annotated[
+        bool, NotActedOn("document masking is not implemented: attention spans the whole instance")
+    ] = False
     num_workers: int = Field(0, ge=0)
     drop_last: bool = False
     pin_memory: bool = False
@@ -307,7 +309,7 @@ class WandbConfig(Section):
     group: str | None = None
     name: str | None = None
     tags: list[str] | None = Field(default_factory=lambda: ["watching"])
-    log_artifacts: bool = False
+    log_artifacts: Annotated[bool, NotActedOn("checkpoints are not logged to W&B as artifacts")] = False
     rank_zero_only: bool = True
     log_interval: int = Field(1, gt=0)
 
@@ -477,7 +479,9 @@ class TrainConfig(Section):
     device_train_microbatch_size: int = Field(16, gt=0)
     device_eval_batch_size: int = Field(16, gt=0)
     eval_subset_num_batches: int = -1
-    eval_on_load: bool = False
+    eval_on_load: Annotated[
+        bool, NotActedOn("no evaluation right after loading; evaluators run every eval_interval steps")
+    ] = False
     device_train_grad_accum: int | None = Field(None, gt=0)
     max_grad_norm: float | None = Field(None, gt=0)
     max_grad_norm_ratio: Annotated[

@@ -23,13 +23,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from olmo_cli.atomic import atomic_open, atomic_write_text
 from olmo_cli.data.corpus import Document, corpus_version, default_corpus_documents
+from olmo_cli.dirlock import waiting_lock
 from olmo_cli.errors import UsageError
 
 if TYPE_CHECKING:
@@ -172,18 +173,7 @@ def _write_jsonl(path: Path, documents: list[Document]) -> None:
             f.write((json.dumps({"id": doc.id, "text": doc.text}, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
-@contextmanager
-def _build_lock(base: Path) -> Iterator[None]:
-    """An exclusive lock on `base/.lock` (released by the OS if the holder dies); no-op without fcntl."""
+def _build_lock(base: Path) -> AbstractContextManager[None]:
+    """An exclusive lock on `base/.lock`, so that concurrent first uses build the corpus once."""
     base.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # Windows: concurrent first uses are not guarded there
-        yield
-        return
-    with open(base / ".lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return waiting_lock(base / ".lock")

@@ -24,6 +24,7 @@ from olmo_cli.config.derived import flops_per_token
 from olmo_cli.config.schema import TrainConfig
 from olmo_cli.data.dataset import MemmapDataset, build_dataset
 from olmo_cli.errors import ConfigError
+from olmo_cli.hub.objstore import StoreURL, is_store_url, parse_store_url
 from olmo_cli.train import duration
 from olmo_cli.train.callbacks.base import Callback, CallbackList
 from olmo_cli.train.callbacks.checkpointer import Checkpointer, checked_lists
@@ -43,6 +44,7 @@ from olmo_cli.train.prepare import (
     release_run_dirs,
     resolve_data,
 )
+from olmo_cli.train.remote import check_remote_save, check_store_clients, fetch_checkpoint
 from olmo_cli.train.restore import (
     Restored,
     checkpoint_to_load,
@@ -69,6 +71,7 @@ class RunOptions:
     continuing: bool = False  # `olmo resume`: the save folder is this run's own
     corpus_cache_dir: Path | None = None  # where the default corpus is tokenized (default: user cache)
     peak_flops: float | None = None  # one device's peak FLOP/s for MFU; None: look it up or measure
+    source_url: str | None = None  # the object-store URL load_path was downloaded from (`olmo resume`)
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,7 @@ class _Prepared:
     config_yaml: str
     load_from: Path | None
     continuing: bool  # the checkpoint belongs to this run directory
+    own_remote: bool  # the checkpoint was downloaded from this run's own remote_save_folder
     dataset: MemmapDataset
     scanned: bool  # every token id was checked against the vocabulary
 
@@ -149,7 +153,7 @@ def _run(cfg: TrainConfig, events: EventSink, options: RunOptions, world: World)
     forward, backward = flops_per_token(cfg.model)
     callbacks = _callbacks(cfg, options, prep.run_dir, prep.config_yaml, events, prep.continuing)
     if prep.continuing:
-        callbacks.load_state_dict(_own_callback_state(restored, prep.run_dir))
+        callbacks.load_state_dict(_own_callback_state(restored, prep.run_dir, prep.own_remote))
     trainer = Trainer(
         cfg=cfg,
         world=world,
@@ -173,28 +177,63 @@ def _run(cfg: TrainConfig, events: EventSink, options: RunOptions, world: World)
 
 
 def _prepare(cfg: TrainConfig, events: EventSink, options: RunOptions, world: World) -> _Prepared:
+    on_main(world, lambda: check_store_clients(cfg))  # a missing boto3: one error, before anything else
     cfg, data_note = on_main(
         world, lambda: resolve_data(cfg, options.data, events, corpus_cache_dir=options.corpus_cache_dir)
     )
-    load_from = checkpoint_to_load(cfg)
-    continuing = options.continuing or (
-        load_from is not None and load_from.resolve().parent == Path(cfg.save_folder).resolve()
+    load_from, own_remote = _checkpoint_to_load(cfg, events, world)
+    own_remote = own_remote or (options.source_url is not None and _own_remote(cfg, options.source_url))
+    continuing = (
+        options.continuing
+        or own_remote
+        or (load_from is not None and load_from.resolve().parent == Path(cfg.save_folder).resolve())
     )
+    on_main(world, lambda: check_remote_save(cfg, continuing=continuing, events=events))
     text = config_yaml(cfg)
     run_dir = on_main(world, lambda: claim_run_dir(cfg, text, continuing=continuing, events=events))
     dataset = build_dataset(cfg.data, cfg.model.max_sequence_length)
     scanned = on_main(world, lambda: check_data(dataset, cfg, world.world_size))
-    return _Prepared(cfg, data_note, run_dir, text, load_from, continuing, dataset, scanned)
+    return _Prepared(cfg, data_note, run_dir, text, load_from, continuing, own_remote, dataset, scanned)
 
 
-def _own_callback_state(restored: Restored, run_dir: Path) -> dict:
+def _checkpoint_to_load(cfg: TrainConfig, events: EventSink, world: World) -> tuple[Path | None, bool]:
+    """The checkpoint to load, and whether it is one this run uploaded to its own `remote_save_folder`.
+    A checkpoint on an object store is downloaded by the main rank (into the cache: `train.remote`)."""
+    remote_load = cfg.load_path is not None and is_store_url(cfg.load_path)
+    if not remote_load and not (cfg.try_load_latest_save and cfg.remote_save_folder is not None):
+        return checkpoint_to_load(cfg), False
+
+    def download() -> tuple[Path | None, bool]:
+        fetched: list[StoreURL] = []
+
+        def fetch(text: str) -> Path:
+            fetched.append(parse_store_url(text, what="load_path"))
+            return fetch_checkpoint(text, events)
+
+        path = checkpoint_to_load(cfg, fetch)
+        return path, bool(fetched) and _own_remote(cfg, fetched[-1])
+
+    return on_main(world, download)
+
+
+def _own_remote(cfg: TrainConfig, url: StoreURL | str) -> bool:
+    """Whether the checkpoint (or run folder: its newest) at `url` is in this run's `remote_save_folder`."""
+    if cfg.remote_save_folder is None:
+        return False
+    source = url if isinstance(url, StoreURL) else parse_store_url(url, what="load_path")
+    return parse_store_url(cfg.remote_save_folder) in (source, source.parent)
+
+
+def _own_callback_state(restored: Restored, run_dir: Path, own_remote: bool = False) -> dict:
     """The callbacks' states to continue with. The checkpointer's lists decide what retention deletes, so
-    they count only from a checkpoint directly inside this run directory, once each name is checked; a
-    checkpoint from elsewhere (`resume --load-path`) starts them empty."""
+    they count only from a checkpoint directly inside this run directory, or downloaded from this run's
+    own `remote_save_folder` (retention then deletes the older uploads there), once each name is checked;
+    a checkpoint from elsewhere (`resume --load-path`) starts them empty."""
     states = dict(restored.callbacks)
     lists = states.pop(Checkpointer.name, None)
     path = restored.path
-    if lists is not None and path is not None and path.resolve().parent == run_dir.resolve():
+    here = path is not None and path.resolve().parent == run_dir.resolve()
+    if lists is not None and path is not None and (here or own_remote):
         states[Checkpointer.name] = checked_lists(lists, f"the trainer state of {path}")
     return states
 
@@ -357,8 +396,9 @@ def _callbacks(
     cfg: TrainConfig, options: RunOptions, run_dir: Path, text: str, events: EventSink, continuing: bool
 ) -> CallbackList:
     """In the order they run after each step: save, evaluate, then the sinks that record the step."""
+    checkpointer = Checkpointer(run_dir, text, events, overwrite=continuing or cfg.save_overwrite)
     callbacks: list[Callback] = [
-        Checkpointer(run_dir, text, events, overwrite=continuing or cfg.save_overwrite),
+        checkpointer,
         Evaluator(_eval_sets(cfg, events), cfg.eval_interval, events, _task_sets(cfg, events)),
         MetricsFile(run_dir / METRICS_FILE),
     ]
@@ -371,6 +411,12 @@ def _callbacks(
 
         callbacks.append(WandbSink(cfg.wandb, cfg.model_dump(mode="json"), run_dir, events))
     callbacks.append(EventFeed(events))
+    if cfg.remote_save_folder is not None:  # last: its on_end waits for the final checkpoint's upload
+        from olmo_cli.train.callbacks.remote_upload import RemoteUpload
+
+        uploader = RemoteUpload(run_dir, cfg.remote_save_folder, events)
+        checkpointer.observers.append(uploader)
+        callbacks.append(uploader)
     return CallbackList(callbacks)
 
 

@@ -67,6 +67,7 @@ class Checkpointer(Callback):
         self.overwrite = overwrite
         self.saved: dict[Kind, list[str]] = {"regular": [], "unsharded": [], "ephemeral": []}
         self.last_path: Path | None = None
+        self.observers: list[Any] = []  # told `saved(path)` and `deleted(name)` on the main rank (uploads)
 
     # ---- hooks ------------------------------------------------------------------------------------
 
@@ -74,7 +75,7 @@ class Checkpointer(Callback):
         if trainer.world.is_main:
             remove_leftovers(self.run_dir)
         for kind, names in self.saved.items():  # a restored list may name checkpoints deleted since
-            self.saved[kind] = [n for n in names if is_checkpoint_of(self.run_dir, n)]
+            self.saved[kind] = [n for n in names if self._counts(n)]
 
     def on_step(self, trainer: Trainer, metrics: dict[str, float]) -> None:
         cfg, step = trainer.cfg, trainer.state.global_step
@@ -176,6 +177,8 @@ class Checkpointer(Callback):
         trainer.speed.reset()  # the save's time must not count as a slow training step
         if world.is_main and not already:
             self.events(CheckpointSaved(step, path, sharded, time.perf_counter() - started))
+            for observer in self.observers:
+                observer.saved(path)
         return path
 
     def _write(self, trainer: Trainer, path: Path, sharded: bool) -> None:
@@ -234,11 +237,28 @@ class Checkpointer(Callback):
             doomed.append(names.pop(0))
         return doomed
 
+    def _counts(self, name: str) -> bool:
+        """Whether a restored list's `name` still counts for retention: a checkpoint here, or, when the
+        run uploads (observers), one not here that its store may hold (a run continued from its uploads
+        on another machine, or a local copy removed by hand)."""
+        if is_checkpoint_of(self.run_dir, name):
+            return True
+        return (
+            bool(self.observers)
+            and not (self.run_dir / name).exists()
+            and not (self.run_dir / name).is_symlink()
+        )
+
     def _delete(self, name: str) -> None:
         if any(name in saved for saved in self.saved.values()):
             return  # still listed as another kind (one process: a regular checkpoint is unsharded too)
         if not is_checkpoint_of(self.run_dir, name):
-            return  # retention deletes only this run directory's own checkpoint directories
+            # Retention deletes only this run directory's own checkpoint directories. One listed that is
+            # not here (a run continued on another machine from its uploads) may still be uploaded.
+            if self._counts(name):
+                for observer in self.observers:
+                    observer.deleted(name)
+            return
         path = self.run_dir / name
         # Renamed first, so a kill while deleting leaves a hidden leftover, not a partial checkpoint.
         doomed = self.run_dir / f".{name}.deleting-{secrets.token_hex(4)}"
@@ -248,6 +268,8 @@ class Checkpointer(Callback):
             target = self.run_dir / link
             if target.is_symlink() and os.readlink(target) == name:
                 target.unlink()
+        for observer in self.observers:
+            observer.deleted(name)
 
 
 def checked_lists(state: Any, source: str) -> dict[str, list[str]]:
