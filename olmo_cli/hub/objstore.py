@@ -88,10 +88,16 @@ def parse_store_url(url: str, *, what: str = "remote_save_folder") -> StoreURL:
     bucket, _, prefix = rest.partition("/")
     parts = [p for p in prefix.split("/") if p]
     bad_part = any(p in (".", "..") or "\\" in p or "\0" in p for p in parts)
-    if not sep or scheme.lower() not in SCHEMES or not _BUCKET.match(bucket) or ".." in bucket or bad_part:
+    if not sep or scheme.lower() not in SCHEMES or bad_part:
         raise ConfigError(
             f"{what} {url!r} is not an object store URL",
             hint="use s3://BUCKET/PREFIX (also r2:// and weka:// through the S3 API) or gs://BUCKET/PREFIX",
+        )
+    if not _BUCKET.match(bucket) or ".." in bucket:
+        raise ConfigError(
+            f"{what} {url!r}: {bucket!r} is not a bucket name",
+            hint="a bucket name has 2 to 222 characters (letters, digits, dots, underscores, hyphens), the "
+            "first a letter or digit, and no '..'",
         )
     return StoreURL(scheme.lower(), bucket, "/".join(parts))
 

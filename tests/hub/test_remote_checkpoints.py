@@ -242,10 +242,17 @@ def test_a_file_that_does_not_match_its_manifest_is_not_kept(s3, tmp_path):  # n
 
 
 @pytest.mark.parametrize(
-    "url", ["s3://", "s3:///x", "s3://../x", "s3://b/../x", "ftp://b/x", "/local/dir", "s3://b/a\\b"]
+    ("url", "message"),
+    [
+        *[
+            (u, "is not an object store URL")
+            for u in ["s3://bk/../x", "ftp://bk/x", "/local/dir", "s3://bk/a\\b"]
+        ],
+        *[(u, "is not a bucket name") for u in ["s3://", "s3:///x", "s3://../x", "s3://b/x", "gs://-x/y"]],
+    ],
 )
-def test_urls_that_are_not_object_store_urls_are_config_errors(url):
-    with pytest.raises(ConfigError, match="is not an object store URL"):
+def test_urls_that_are_not_object_store_urls_are_config_errors(url, message):
+    with pytest.raises(ConfigError, match=message):
         parse_store_url(url)
 
 
