@@ -24,6 +24,7 @@ from olmo_cli.commands import (
     inspect,
     presets,
     quantize,
+    serve,
     soup,
     train,
 )
@@ -59,6 +60,7 @@ app.command("chat")(chat.chat_command)
 app.command("quantize")(quantize.quantize_command)
 app.command("eval")(eval_module.eval_command)
 app.command("soup")(soup.soup_command)
+app.command("serve")(serve.serve_command)
 
 
 def _version(value: bool) -> None:

@@ -141,6 +141,8 @@ ALLOWED = {
 }
 # The Python API sits on top of the engine: it may import every engine package (never the CLI layer).
 ALLOWED["api"] = set(ALLOWED)
+# `olmo serve` answers HTTP over the Python API's loaded model: the one package above the API.
+ALLOWED["serve"] = set(ALLOWED)
 # The one import that points up: the package's own __init__ reaches the Python API (and the `load`
 # package, callable as `olmo_cli.load(path)`) from its module `__getattr__`, on first use, so
 # `import olmo_cli` stays light. Allowed only inside functions, never at module level.
