@@ -53,6 +53,7 @@ class _Body(BaseModel):
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int | None = Field(None, ge=-1)  # an extension (vLLM's): -1 or 0 turn it off
+    ignore_eos: bool = False  # an extension (vLLM's): generate max_tokens even past EOS (benchmarks)
     stop: str | list[str] | None = None
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
     n: int = Field(1, ge=1, le=MAX_N)

@@ -205,7 +205,7 @@ class Service:
                 body.top_k_or_none,
                 body.top_p if body.top_p < 1 else None,
                 seed,
-                identity.eos_token_id,
+                None if body.ignore_eos else identity.eos_token_id,
                 identity.pad_token_id,
             )
         except ValueError as e:
