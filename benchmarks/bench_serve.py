@@ -14,9 +14,13 @@ that EOS never cuts short (`ignore_eos` for ours, `min_new_tokens` for transform
 concurrency C, C client threads each send --requests requests back to back, streaming, which measures
 time to first token (TTFT) and whole-request latency; throughput is all generated tokens over the wall
 time of the level. Repetitions are interleaved (ours then theirs, then theirs then ours, ...) so that
-load from others sharing the machine hits both alike; the median tok/s counts, min-max shows the spread,
-latency percentiles pool every request of every repetition. First one greedy request to each checks
-that both generate the same tokens.
+load from others sharing the machine hits both alike; the median tok/s counts, min-max shows the
+spread, latency percentiles pool every request of every repetition. First one greedy request to each
+checks that both generate the same tokens.
+
+Both servers get OMP_WAIT_POLICY=PASSIVE unless --omp-wait says otherwise: with libgomp's default
+(spinning idle threads), a server whose OpenMP threads share the cores with other work slows down many
+times over (measured on 2 cores beside one busy process: olmo serve 23-47 tok/s instead of 210-280).
 
 Prints one table, then olmo serve's own scaling, tok/s at the highest concurrency over the lowest.
 
@@ -142,8 +146,11 @@ def baseline_server(hf_dir: str, port: int, threads: int, dtype: str) -> None:
             choice = {"index": 0, "text": text, "logprobs": {"tokens": pieces}}
             self._json(200, {"object": "text_completion", "choices": [choice], "usage": usage})
 
-    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-    server.daemon_threads = True
+    class Server(ThreadingHTTPServer):
+        daemon_threads = True
+        request_queue_size = 128  # the default listen backlog of 5 resets connections at concurrency 16
+
+    server = Server(("127.0.0.1", port), Handler)
 
     def stop(*_: Any) -> None:
         raise SystemExit(0)
@@ -196,9 +203,12 @@ class Server:
                 self.proc.wait()
 
 
-def server_env(threads: int) -> dict[str, str]:
+def server_env(threads: int, omp_wait: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), NO_COLOR="1", TERM="dumb")
+    if omp_wait == "inherit":
+        return env
+    env["OMP_WAIT_POLICY"] = omp_wait.upper()
     return env
 
 
@@ -282,7 +292,7 @@ def run_level(url: str, body: dict[str, Any], concurrency: int, requests: int) -
         t.join()
     seconds = time.perf_counter() - start
     if errors:
-        raise errors[0]
+        raise RuntimeError(f"a request to {url} failed: {errors[0]!r}") from errors[0]
     return Level(seconds, results)
 
 
@@ -326,6 +336,12 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2, help="requests per client thread")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max-batch", type=int, default=16, help="olmo serve --max-batch")
+    parser.add_argument(
+        "--omp-wait",
+        choices=["passive", "active", "inherit"],
+        default="passive",
+        help="OMP_WAIT_POLICY of both servers (inherit: this shell's, unset means libgomp's spinning)",
+    )
     parser.add_argument("--json", action="store_true", help="a JSON dump on stdout (the table on stderr)")
     parser.add_argument("--baseline-server", metavar="HF_DIR", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
@@ -349,7 +365,7 @@ def main() -> None:
     try:
         dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
         *_, vocab = make_models(args.preset, dtype, tmp)
-        env = server_env(args.threads)
+        env = server_env(args.threads, args.omp_wait)
         ours = Server(
             "olmo serve",
             [olmo, "serve", str(tmp / "step0-unsharded"), "--port", "0", "--device", "cpu", "--dtype",
@@ -379,7 +395,7 @@ def main() -> None:
         print(
             f"preset {args.preset}, {args.dtype}, {args.threads} threads per server, "
             f"prompt {args.prompt_len} tokens, {args.max_tokens} new tokens, greedy, "
-            f"{args.requests} requests per client, median of "
+            f"{args.requests} requests per client, OMP_WAIT_POLICY {args.omp_wait}, median of "
             f"{args.repeats} interleaved runs; reference: naive transformers generate per request "
             f"(llama-cpp-python's server is not implemented)",
             file=out,
