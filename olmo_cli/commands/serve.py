@@ -110,4 +110,4 @@ def serve_command(
         max_tokens_in_flight=max_tokens_in_flight,
         max_queue=max_queue,
     )
-    serve(options, lambda text: ui.console.print(text, markup=False, highlight=False))
+    serve(options, lambda text: ui.console.print(text, markup=False, highlight=False, soft_wrap=True))

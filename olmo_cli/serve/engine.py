@@ -197,12 +197,18 @@ class Engine:
                         self._wake.wait()
                     if self._stopping and not self._active:
                         return
-                    admitted = self._admit()
-                for request, slot in admitted:
-                    self._run_guarded(request, lambda r=request, s=slot: self._prefill(r, s))
-                self._drop_cancelled()
-                if self._active:
-                    self._decode_step()
+                self.tick()
+
+    def tick(self) -> None:
+        """One round: admit and prefill what fits, drop the cancelled, one decode step for the rest. The
+        engine thread runs it in a loop; a test may call it itself (under torch.inference_mode)."""
+        with self._wake:
+            admitted = self._admit()
+        for request, slot in admitted:
+            self._run_guarded(request, lambda r=request, s=slot: self._prefill(r, s))
+        self._drop_cancelled()
+        if self._active:
+            self._decode_step()
 
     def _admit(self) -> list[tuple[EngineRequest, int]]:
         """Waiting requests that fit now (in order: one that does not fit holds the queue), with slots."""

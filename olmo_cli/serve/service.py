@@ -76,6 +76,14 @@ class Service:
     async def completion(self, body: CompletionRequest, disconnected: Callable[[], Awaitable[bool]]) -> Any:
         self.check_model(body.model)
         prompts = self._completion_prompts(body.prompt)
+        most = self.engine.max_batch + self.engine.max_queue
+        if len(prompts) * body.n > most:
+            raise ApiError(
+                400,
+                f"{len(prompts)} prompts x n={body.n} are {len(prompts) * body.n} completions; this server "
+                f"takes at most {most} at once (--max-batch + --max-queue)",
+                param="prompt",
+            )
         score_only = body.max_tokens == 0
         choices: list[_Choice] = []
         for p, ids in enumerate(prompts):

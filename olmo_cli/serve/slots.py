@@ -26,8 +26,11 @@ class SlotCache:
         cfg = model.config
         dtype, device = model_placement(model)
         shape = (cfg.n_layers, slots, cfg.effective_n_kv_heads, capacity, cfg.head_dim)
-        self.keys = torch.empty(shape, dtype=dtype, device=device)
-        self.values = torch.empty(shape, dtype=dtype, device=device)
+        # Zeros, not uninitialized memory: a decode step reads each row's keys and values up to the longest
+        # row's length, masked past its own; a masked value still enters the weighted sum (times 0), and
+        # 0 * NaN from leftover bytes would poison the row. Entries left by an earlier request are finite.
+        self.keys = torch.zeros(shape, dtype=dtype, device=device)
+        self.values = torch.zeros(shape, dtype=dtype, device=device)
         self.n_layers = cfg.n_layers
         self.slots = slots
         self.capacity = capacity
