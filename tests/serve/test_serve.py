@@ -6,6 +6,7 @@ and SIGTERM lets the request in flight finish."""
 
 from __future__ import annotations
 
+import collections
 import json
 import re
 import signal
@@ -355,3 +356,58 @@ def test_the_readme_example_runs_as_written(ckpt, tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
+
+
+def _random_value(rng, depth: int = 0):
+    kinds = ["int", "neg", "big", "float", "nan", "str", "empty", "bool", "null", "list", "dict", "ids"]
+    kind = rng.choice(kinds if depth < 2 else kinds[:9])
+    return {
+        "int": lambda: rng.randint(0, 40),
+        "neg": lambda: -rng.randint(1, 10**6),
+        "big": lambda: 10 ** rng.randint(6, 30),
+        "float": lambda: rng.uniform(-3, 3),
+        "nan": lambda: rng.choice([float("nan"), float("inf"), -float("inf")]),
+        "str": lambda: rng.choice(["Hi", "x" * 300, "\u0000", "é\ud800"[:1], NAME, "tool", "user"]),
+        "empty": lambda: rng.choice(["", [], {}]),
+        "bool": lambda: rng.choice([True, False]),
+        "null": lambda: None,
+        "list": lambda: [_random_value(rng, depth + 1) for _ in range(rng.randint(0, 4))],
+        "dict": lambda: {rng.choice(["role", "content", "type", "text", "x"]): _random_value(rng, depth + 1)},
+        "ids": lambda: [rng.randint(-5, 5000) for _ in range(rng.randint(0, 6))],
+    }[kind]()
+
+
+FIELDS = [
+    *("model", "prompt", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k"),
+    *("stop", "seed", "n", "stream", "stream_options", "logprobs", "top_logprobs", "echo", "ignore_eos"),
+    *("best_of", "suffix", "logit_bias", "tools", "response_format", "presence_penalty"),
+]
+
+
+def test_no_random_request_gets_a_500(server):
+    # Bodies made of random values for the API's fields (a fixed seed): every answer is a 2xx or a 4xx
+    # with the API's error JSON, and the server stays healthy.
+    import math
+    import random
+
+    rng = random.Random(1234)
+    statuses = collections.Counter()
+    for _ in range(300):
+        body = {field: _random_value(rng) for field in rng.sample(FIELDS, rng.randint(1, 8))}
+        body.setdefault("model", NAME)
+        if rng.random() < 0.5:
+            body["prompt" if rng.random() < 0.5 else "messages"] = (
+                "Hi" if "prompt" not in body else [{"role": "user", "content": "Hi"}]
+            )
+        if isinstance(body.get("max_tokens"), int) and body["max_tokens"] > 8:
+            body["max_tokens"] = 8
+        raw = json.dumps(body, allow_nan=True).encode()
+        route = rng.choice(["/v1/completions", "/v1/chat/completions"])
+        response = server.post(route, raw)
+        statuses[response.status_code] += 1
+        assert response.status_code < 500, (route, body, response.text)
+        if response.status_code >= 400:
+            assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+        assert not math.isnan(response.elapsed.total_seconds())
+    assert statuses[200] >= 3 and sum(v for k, v in statuses.items() if k >= 400) > 100, statuses
+    assert server.health()["in_flight"] == 0
