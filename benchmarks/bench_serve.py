@@ -405,6 +405,8 @@ def main() -> None:
             f"same text: {same_text}",
             file=out,
         )
+        if importlib.util.find_spec("llama_cpp") is not None:
+            print("llama_cpp is installed, but its server as the reference is not implemented here", file=out)
         if not same_text:
             print(f"  olmo serve: {answers['ours'][1]!r}\n  reference:  {answers['theirs'][1]!r}", file=out)
         for side in urls:  # warm-up at the highest concurrency (first batched shapes), not timed
