@@ -65,6 +65,16 @@ def serve_command(
         int,
         typer.Option("--max-queue", min=0, help="Requests that may wait; beyond it: 503 with Retry-After."),
     ] = 64,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            "--threads",
+            min=1,
+            help="CPU threads for the model (default: torch's, one per core). One fewer than the cores "
+            "leaves one for answering HTTP.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Serve a checkpoint over HTTP with the OpenAI API: /v1/completions, /v1/chat/completions (both with
     stream: true), /v1/models and /health.
@@ -82,6 +92,9 @@ def serve_command(
 
       olmo serve ckpts/OLMo-2-1124-7B-Instruct --device cuda --host 0.0.0.0 --api-key "$KEY"
     """
+    # Before torch loads OpenMP: idle worker threads sleep instead of spinning, so a server sharing its
+    # cores with other work (or with its own HTTP thread) is not slowed down many times over.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from olmo_cli import ui
     from olmo_cli.errors import ConfigError
 
@@ -109,5 +122,6 @@ def serve_command(
         max_batch=max_batch,
         max_tokens_in_flight=max_tokens_in_flight,
         max_queue=max_queue,
+        threads=threads,
     )
     serve(options, lambda text: ui.console.print(text, markup=False, highlight=False, soft_wrap=True))

@@ -2,14 +2,15 @@
 
 Requests wait in a bounded queue. Between decode steps the engine admits waiting ones while a slot is
 free and the tokens in flight (each request's prompt plus its `max_tokens`) stay within the bound,
-prefills each alone in its slot (`slots.SlotCache`), and then decodes all active slots in one forward
-per token. A request that finishes (EOS, a stop string, its token budget) or is cancelled (its client
-went away) leaves at once and frees its slot for the next. Each request learns what happens through
-`on_event`, called from the engine thread: `Token` (its text delta, token id and log-probabilities),
-then one `Finished`, or `Failed`.
+prefills them into their slots (`slots.SlotCache`; prompts of one length together, as rows of one
+forward), and then decodes all active slots in one forward per token. A request that finishes (EOS, a
+stop string, its token budget) or is cancelled (its client went away) leaves at once and frees its slot
+for the next. Each request learns what happens through `on_event`, called from the engine thread:
+`Token` (its text delta, token id and log-probabilities), then one `Finished`, or `Failed`.
 
-Greedy output equals `olmo generate`'s: a prompt is prefilled exactly as `generate_ids` runs one prompt,
-and a decode step where every row sees all its positions uses no mask, as `generate_ids` does.
+Greedy output equals `olmo generate`'s: a prompt is prefilled as `generate_ids` runs one prompt (rows of
+one length need no padding and no mask), and a decode step where every row sees all its positions uses
+no mask, as `generate_ids` does.
 """
 
 from __future__ import annotations
@@ -129,6 +130,7 @@ class Engine:
         self._thread: threading.Thread | None = None
         self.steps = 0  # decode forwards run (for tests and the benchmark)
         self.largest_batch = 0
+        self.largest_prefill = 0  # most prompts prefilled in one forward
 
     # ---- the client side (any thread) ------------------------------------------------------------------
 
@@ -204,8 +206,13 @@ class Engine:
         engine thread runs it in a loop; a test may call it itself (under torch.inference_mode)."""
         with self._wake:
             admitted = self._admit()
+        # Prompts of one length are prefilled together, in one forward (no padding, so no mask: each row
+        # is computed as it would be alone).
+        groups: dict[int, list[tuple[EngineRequest, int]]] = {}
         for request, slot in admitted:
-            self._run_guarded(request, lambda r=request, s=slot: self._prefill(r, s))
+            groups.setdefault(len(request.prompt), []).append((request, slot))
+        for group in groups.values():
+            self._prefill(group)
         self._drop_cancelled()
         if self._active:
             self._decode_step()
@@ -235,10 +242,24 @@ class Engine:
             self._active = {s: a for s, a in self._active.items() if a.request is not request}
             request.on_event(Failed(e))
 
-    def _prefill(self, request: EngineRequest, slot: int) -> None:
-        ids = torch.tensor([request.prompt], device=self.cache.device)
-        positions = self.cache.prefill(slot, len(request.prompt))
-        logits = self.model(ids, positions, self.cache)[0]  # [T, V]
+    def _prefill(self, group: list[tuple[EngineRequest, int]]) -> None:
+        """Prefills requests whose prompts have one length, each into its slot, and picks their first
+        tokens. A failed forward fails each of them (the server goes on)."""
+        requests = [request for request, _ in group]
+        self.largest_prefill = max(self.largest_prefill, len(group))
+        ids = torch.tensor([r.prompt for r in requests], device=self.cache.device)
+        positions = self.cache.prefill([slot for _, slot in group], ids.shape[1])
+        try:
+            logits = self.model(ids, positions, self.cache)  # [g, T, V]
+        except Exception as e:  # noqa: BLE001
+            for request in requests:
+                request.on_event(Failed(e))
+            return
+        for i, (request, slot) in enumerate(group):
+            self._run_guarded(request, lambda r=request, s=slot, row=logits[i]: self._start(r, s, row))
+
+    def _start(self, request: EngineRequest, slot: int, logits: torch.Tensor) -> None:
+        """A request prefilled into `slot` (`logits` [T, V] its prompt's) becomes active."""
         prompt_logprobs = None
         if request.prompt_logprobs:
             prompt_logprobs = _prompt_logprobs(logits, request.prompt, request.logprobs)
@@ -265,16 +286,21 @@ class Engine:
             return
         self.steps += 1
         self.largest_batch = max(self.largest_batch, len(rows))
+        greedy = logits.argmax(dim=-1).tolist()  # one call for every row (choose_next's greedy pick)
         for i, r in enumerate(rows):
             active = self._active[r]
-            self._run_guarded(active.request, lambda a=active, row=logits[i]: self._advance(a, row))
+            pick = greedy[i] if active.request.settings.temperature == 0 else None
+            self._run_guarded(
+                active.request, lambda a=active, row=logits[i], t=pick: self._advance(a, row, t)
+            )
 
-    def _advance(self, active: _Active, logits: torch.Tensor) -> None:
-        """Chooses the next token from one row's logits [V], tells the client, and finishes the request
-        when it is done."""
+    def _advance(self, active: _Active, logits: torch.Tensor, token: int | None = None) -> None:
+        """Chooses the next token from one row's logits [V] (unless given: the greedy pick), tells the
+        client, and finishes the request when it is done."""
         request = active.request
         settings = request.settings
-        token = int(choose_next(logits[None], settings, active.generator)[0])
+        if token is None:
+            token = int(choose_next(logits[None], settings, active.generator)[0])
         if token == settings.eos_token_id:
             self._finish(active, "eos")
             return

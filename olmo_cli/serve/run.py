@@ -38,6 +38,7 @@ class ServeOptions:
     max_queue: int = 64
     max_body_bytes: int = 4 << 20
     graceful_s: float = 30.0
+    threads: int | None = None  # torch's CPU threads (None: torch's default)
 
 
 def is_loopback(host: str) -> bool:
@@ -60,6 +61,10 @@ def build_service(options: ServeOptions) -> Any:
 
     if options.max_batch < 1 or options.max_queue < 0:
         raise UsageError("--max-batch must be at least 1 and --max-queue at least 0")
+    if options.threads is not None:
+        import torch
+
+        torch.set_num_threads(options.threads)
     model = load(options.checkpoint, device=options.device, dtype=options.dtype)
     context = model.max_sequence_length
     in_flight = options.max_tokens_in_flight or options.max_batch * context

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -35,13 +36,41 @@ RETRY_AFTER_S = 1
 FINISH = {"eos": "stop", "stop": "stop", "length": "length"}
 
 
+DISCONNECT_POLL_S = 0.5
+_GONE = object()  # put in a choice's queue when its client has gone
+
+
+class _Bridge:
+    """Events from the engine thread to queues on the event loop, in bursts: one `call_soon_threadsafe`
+    for all the events posted while the loop had not yet taken the last ones (a decode step posts one
+    per running request), not one per event."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._lock = threading.Lock()
+        self._pending: list[tuple[asyncio.Queue[Any], Any]] = []
+
+    def post(self, queue: asyncio.Queue[Any], event: Any) -> None:
+        with self._lock:
+            self._pending.append((queue, event))
+            first = len(self._pending) == 1
+        if first:  # otherwise a drain is already scheduled and will take this one too
+            self.loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:
+        with self._lock:
+            batch, self._pending = self._pending, []
+        for queue, event in batch:
+            queue.put_nowait(event)
+
+
 @dataclass
 class _Choice:
     """One engine request of an API request, and the events it has sent."""
 
     index: int
     request: EngineRequest
-    events: asyncio.Queue[Event]
+    events: asyncio.Queue[Any]  # engine events, or _GONE
 
 
 class Service:
@@ -55,6 +84,7 @@ class Service:
         self.created = int(time.time())
         self.tokenizer = model.tokenizer.resolved
         self.context = engine.context
+        self._bridge: _Bridge | None = None
 
     # ---- what the endpoints call -------------------------------------------------------------------
 
@@ -243,10 +273,13 @@ class Service:
 
     def _submit(self, choices: list[_Choice]) -> None:
         loop = asyncio.get_running_loop()
+        if self._bridge is None or self._bridge.loop is not loop:
+            self._bridge = _Bridge(loop)
+        bridge = self._bridge
         for choice in choices:
 
-            def on_event(event: Event, queue: asyncio.Queue[Event] = choice.events) -> None:
-                loop.call_soon_threadsafe(queue.put_nowait, event)
+            def on_event(event: Event, queue: asyncio.Queue[Any] = choice.events) -> None:
+                bridge.post(queue, event)
 
             choice.request.on_event = on_event
         submitted: list[_Choice] = []
@@ -269,18 +302,29 @@ class Service:
                 choice.request.cancel()
             raise ApiError(400, str(e), code="context_length_exceeded") from None
 
-    async def _events(
-        self, choice: _Choice, disconnected: Callable[[], Awaitable[bool]]
-    ) -> AsyncIterator[Token | Finished]:
-        """The choice's events until it finishes; cancels it (and stops) when the client has gone."""
-        while True:
-            try:
-                event = await asyncio.wait_for(choice.events.get(), timeout=0.5)
-            except TimeoutError:
+    def _watch(
+        self, choices: list[_Choice], disconnected: Callable[[], Awaitable[bool]]
+    ) -> asyncio.Task[None]:
+        """A task that checks every DISCONNECT_POLL_S whether the client has gone; if so it cancels the
+        choices (freeing their slots) and ends their event streams."""
+
+        async def watch() -> None:
+            while True:
+                await asyncio.sleep(DISCONNECT_POLL_S)
                 if await disconnected():
-                    choice.request.cancel()
+                    for choice in choices:
+                        choice.request.cancel()
+                        choice.events.put_nowait(_GONE)
                     return
-                continue
+
+        return asyncio.create_task(watch())
+
+    async def _events(self, choice: _Choice) -> AsyncIterator[Token | Finished]:
+        """The choice's events until it finishes, or until its client has gone (`_watch`)."""
+        while True:
+            event = await choice.events.get()
+            if event is _GONE:
+                return
             if isinstance(event, Failed):
                 raise _engine_error(event.error)
             yield event
@@ -292,15 +336,17 @@ class Service:
     ) -> list[tuple[list[Token], Finished]]:
         async def one(choice: _Choice) -> tuple[list[Token], Finished]:
             tokens: list[Token] = []
-            async for event in self._events(choice, disconnected):
+            async for event in self._events(choice):
                 if isinstance(event, Finished):
                     return [t for t in tokens if t.token_id >= 0], event
                 tokens.append(event)
             raise ApiError(499, "the client closed the connection", code="client_closed")
 
+        watcher = self._watch(choices, disconnected)
         try:
             return list(await asyncio.gather(*(one(c) for c in choices)))
         finally:
+            watcher.cancel()
             for choice in choices:
                 choice.request.cancel()  # a no-op for finished ones; frees the rest at once
 
@@ -314,7 +360,7 @@ class Service:
 
         async def pump(choice: _Choice) -> None:
             try:
-                async for event in self._events(choice, disconnected):
+                async for event in self._events(choice):
                     await merged.put((choice, event))
             except BaseException as e:  # noqa: BLE001 - handed to the consumer
                 await merged.put((choice, e))
@@ -322,6 +368,7 @@ class Service:
                 await merged.put((choice, None))
 
         tasks = [asyncio.create_task(pump(c)) for c in choices]
+        tasks.append(self._watch(choices, disconnected))
         open_ = len(choices)
         try:
             while open_:

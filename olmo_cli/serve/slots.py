@@ -1,10 +1,10 @@
 """The KV cache of continuous batching: one slot per request in flight, each at its own length.
 
-`SlotCache` holds keys and values as [layers, slots, Hkv, capacity, hd]. A request is prefilled alone in
-its slot (`prefill`: plain causal attention over its prompt, the computation `olmo generate` does for one
-prompt); decode steps then run every active slot together (`decode`), one new token each at that slot's
-own position, attending to its own positions only (a boolean mask per row). Requests join and leave
-between steps without touching the others' entries.
+`SlotCache` holds keys and values as [layers, slots, Hkv, capacity, hd]. Requests are prefilled into their
+slots (`prefill`: plain causal attention over each prompt, several prompts of one length as rows of one
+forward, the computation `olmo generate` does for one prompt); decode steps then run every active slot
+together (`decode`), one new token each at that slot's own position, attending to its own positions only
+(a boolean mask per row). Requests join and leave between steps without touching the others' entries.
 """
 
 from __future__ import annotations
@@ -49,14 +49,16 @@ class SlotCache:
 
     # ---- a forward's setup ---------------------------------------------------------------------------
 
-    def prefill(self, slot: int, length: int) -> torch.Tensor:
-        """Prepares a forward of `length` prompt tokens into empty `slot`; returns their positions."""
+    def prefill(self, slots: Sequence[int], length: int) -> torch.Tensor:
+        """Prepares a forward of `length` prompt tokens for each of `slots` (one row each, from empty);
+        returns their positions."""
         if length > self.capacity:
             raise ValueError(
                 f"a prompt of {length} tokens does not fit the {self.capacity} positions of a slot"
             )
-        self.lengths[slot] = 0
-        self._rows, self._prefill = [slot], True
+        for slot in slots:
+            self.lengths[slot] = 0
+        self._rows, self._prefill = list(slots), True
         return torch.arange(length, device=self.device)
 
     def decode(self, rows: Sequence[int]) -> torch.Tensor:
@@ -83,13 +85,15 @@ class SlotCache:
         keys, values = self.keys[layer], self.values[layer]
         last = layer == self.n_layers - 1
         if self._prefill:
-            (slot,) = self._rows
+            # From empty, each row attends to its own prompt only: this step's k, v, causally.
             t = k.shape[2]
-            keys[slot, :, :t].copy_(k[0])
-            values[slot, :, :t].copy_(v[0])
+            for i, slot in enumerate(self._rows):
+                keys[slot, :, :t].copy_(k[i])
+                values[slot, :, :t].copy_(v[i])
             if last:
-                self.lengths[slot] = t
-            return keys[slot : slot + 1, :, :t], values[slot : slot + 1, :, :t], None, True
+                for slot in self._rows:
+                    self.lengths[slot] = t
+            return k, v, None, True
         assert self._index is not None
         rows, positions = self._index
         keys[rows, :, positions] = k[:, :, 0]

@@ -63,6 +63,7 @@ def test_requests_joining_and_leaving_get_what_they_get_alone(model):
             engine.tick()
     assert all(got == want for got, want in results), [r for r in results if r[0] != r[1]]
     assert engine.largest_batch == 4  # slots were shared, and reused as requests left
+    assert engine.largest_prefill > 1  # prompts of one length were prefilled together
 
 
 def test_bounds(model):

@@ -281,7 +281,7 @@ def test_a_client_that_leaves_mid_stream_frees_its_slot(server):
 def test_a_full_queue_answers_503_and_sigterm_finishes_the_request_in_flight(ckpt):
     small = Server(ckpt, "--max-batch", "1", "--max-queue", "0")
     try:
-        long = {"model": NAME, "prompt": "Hi", "max_tokens": 50, "temperature": 0}
+        long = {"model": NAME, "prompt": "Hi", "max_tokens": 60, "temperature": 0, "ignore_eos": True}
         result: dict = {}
         worker = threading.Thread(
             target=lambda: result.update(r=small.post("/v1/completions", long, key=None))
