@@ -57,7 +57,7 @@ def build_app(service: Service, *, api_key: str | None, max_body_bytes: int) -> 
 
     async def model(request: Request) -> Response:
         service.check_model(request.path_params["name"])
-        return JSONResponse(service._model_card())
+        return JSONResponse(service.model_card())
 
     async def completions(request: Request) -> Response:
         body = parse_body(CompletionRequest, await request.body())

@@ -89,9 +89,9 @@ class Service:
     # ---- what the endpoints call -------------------------------------------------------------------
 
     def models(self) -> dict[str, Any]:
-        return {"object": "list", "data": [self._model_card()]}
+        return {"object": "list", "data": [self.model_card()]}
 
-    def _model_card(self) -> dict[str, Any]:
+    def model_card(self) -> dict[str, Any]:
         return {"id": self.name, "object": "model", "created": self.created, "owned_by": "olmo"}
 
     def check_model(self, name: str | None) -> None:

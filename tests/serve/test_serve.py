@@ -197,6 +197,9 @@ def test_a_key_is_required_except_for_health(server):
     assert response.status_code == 401 and response.json()["error"]["code"] == "invalid_api_key"
     assert server.health()["status"] == "ok"
     assert [m.id for m in server.client().models.list().data] == [NAME]
+    assert server.client().models.retrieve(NAME).id == NAME
+    with pytest.raises(openai.NotFoundError):
+        server.client().models.retrieve("gpt-4")
 
 
 BAD_BODIES = [
