@@ -6,9 +6,11 @@ a GIL with the client threads nor with the other, both with --threads torch thre
 - ours: `olmo serve` on the native checkpoint (continuous batching, --max-batch 16);
 - the reference: this script's `--baseline-server HF_DIR` mode, a stdlib ThreadingHTTPServer answering
   POST /v1/completions with transformers' `generate` per request, one request at a time under a lock
-  (naive serving), streaming each token as a server-sent event as soon as `generate` hands it over.
-  (llama-cpp-python's server on our GGUF export would be the stronger reference; it is not implemented
-  here, so the naive server is used even where `llama_cpp` is installed.)
+  (naive serving), streaming each token as a server-sent event as soon as `generate` hands it over;
+  or, with --reference llama-cpp (the default where `llama_cpp.server` can be imported), llama-cpp-python's
+  OpenAI-compatible server on our GGUF export of the same model (`olmo quantize --gguf f32`, f16 for
+  bf16), with --threads threads. It gets the prompt as text (its server takes no token ids), and so does
+  olmo serve then; greedy texts are compared instead of token ids.
 Every request sends the same --prompt-len random token ids, greedy, and asks for --max-tokens tokens
 that EOS never cuts short (`ignore_eos` for ours, `min_new_tokens` for transformers). At each
 concurrency C, C client threads each send --requests requests back to back, streaming, which measures
@@ -38,17 +40,18 @@ import random
 import re
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 URL_LINE = re.compile(r"http://127\.0\.0\.1:(\d+)/v1")
+UVICORN_LINE = re.compile(r"Uvicorn running on http://127\.0\.0\.1:(\d+)")  # llama-cpp-python's server
 MODEL_NAME = "bench"
 
 
@@ -170,7 +173,9 @@ class Server:
     """A server process started with `argv`; its first line of output holding http://127.0.0.1:PORT/v1
     gives the URL, the rest is kept (for errors) by a thread so that a full pipe never blocks it."""
 
-    def __init__(self, label: str, argv: list[str], env: dict[str, str]) -> None:
+    def __init__(
+        self, label: str, argv: list[str], env: dict[str, str], ready: re.Pattern = URL_LINE
+    ) -> None:
         self.label = label
         self.lines: list[str] = []
         self.proc = subprocess.Popen(
@@ -179,7 +184,7 @@ class Server:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             self.lines.append(line)
-            found = URL_LINE.search(line)
+            found = ready.search(line)
             if found:
                 self.url = f"http://127.0.0.1:{found.group(1)}"
                 break
@@ -212,6 +217,19 @@ def server_env(threads: int, omp_wait: str) -> dict[str, str]:
     return env
 
 
+def llama_cpp_server_available() -> bool:
+    try:
+        return importlib.util.find_spec("llama_cpp.server") is not None
+    except ImportError:  # llama_cpp itself is missing, or its library does not load
+        return False
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def olmo_executable() -> str:
     script = Path(sys.executable).parent / "olmo"
     found = str(script) if script.is_file() else shutil.which("olmo")
@@ -223,8 +241,7 @@ def olmo_executable() -> str:
 # ---- the client ------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Result:
+class Result(NamedTuple):
     ttft: float  # seconds from sending to the first text
     latency: float  # seconds from sending to the end of the stream
     tokens: int
@@ -232,7 +249,7 @@ class Result:
 
 def stream_one(client: Any, url: str, body: dict[str, Any]) -> Result:
     start = time.perf_counter()
-    first, tokens, texts = None, None, 0
+    first, tokens, texts, length = None, None, 0, False
     with client.stream("POST", f"{url}/v1/completions", json=body) as response:
         if response.status_code != 200:
             raise RuntimeError(f"{url}: HTTP {response.status_code}: {response.read()[:500]!r}")
@@ -251,12 +268,15 @@ def stream_one(client: Any, url: str, body: dict[str, Any]) -> Result:
                 texts += 1
                 if first is None:
                     first = time.perf_counter()
+            if chunk.get("choices") and chunk["choices"][0].get("finish_reason") == "length":
+                length = True
     end = time.perf_counter()
-    return Result((first or end) - start, end - start, texts if tokens is None else tokens)
+    if tokens is None:  # no usage in the stream (llama-cpp-python's): the budget if it ran out, else chunks
+        tokens = body["max_tokens"] if length else texts
+    return Result((first or end) - start, end - start, tokens)
 
 
-@dataclass
-class Level:
+class Level(NamedTuple):
     seconds: float
     results: list[Result]
 
@@ -296,13 +316,14 @@ def run_level(url: str, body: dict[str, Any], concurrency: int, requests: int) -
     return Level(seconds, results)
 
 
-def greedy_answer(url: str, body: dict[str, Any]) -> tuple[list[str], str]:
+def greedy_answer(url: str, body: dict[str, Any], with_tokens: bool = True) -> tuple[list[str] | None, str]:
     import httpx
 
-    got = httpx.post(f"{url}/v1/completions", json={**body, "stream": False, "logprobs": 0}, timeout=600)
+    extra = {"logprobs": 0} if with_tokens else {}
+    got = httpx.post(f"{url}/v1/completions", json={**body, "stream": False, **extra}, timeout=600)
     got.raise_for_status()
     choice = got.json()["choices"][0]
-    return choice["logprobs"]["tokens"], choice["text"]
+    return (choice["logprobs"]["tokens"] if with_tokens else None), choice["text"]
 
 
 def health(url: str) -> dict[str, Any]:
@@ -342,6 +363,12 @@ def main() -> None:
         default="passive",
         help="OMP_WAIT_POLICY of both servers (inherit: this shell's, unset means libgomp's spinning)",
     )
+    parser.add_argument(
+        "--reference",
+        choices=["auto", "naive", "llama-cpp"],
+        default="auto",
+        help="the anchor: llama-cpp-python's server where it is installed (auto), else the naive server",
+    )
     parser.add_argument("--json", action="store_true", help="a JSON dump on stdout (the table on stderr)")
     parser.add_argument("--baseline-server", metavar="HF_DIR", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
@@ -351,6 +378,11 @@ def main() -> None:
         return
     levels = [int(c) for c in args.concurrency.split(",")]
     olmo = olmo_executable()
+    reference = args.reference
+    if reference == "auto":
+        reference = "llama-cpp" if llama_cpp_server_available() else "naive"
+    elif reference == "llama-cpp" and not llama_cpp_server_available():
+        raise SystemExit("llama-cpp-python's server is not installed: pip install 'llama-cpp-python[server]'")
     if importlib.util.find_spec("transformers") is None:
         raise SystemExit("transformers is not installed (the reference needs it): pip install transformers")
     out = sys.stderr if args.json else sys.stdout
@@ -373,40 +405,49 @@ def main() -> None:
             env,
         )  # fmt: skip
         servers.append(ours)
-        theirs = Server(
-            "the baseline server",
-            [sys.executable, __file__, "--baseline-server", str(tmp / "hf"), "--port", "0", "--threads",
-             str(args.threads), "--dtype", args.dtype],
-            env,
-        )  # fmt: skip
-        servers.append(theirs)
         rng = random.Random(0)
-        prompt = [rng.randrange(2, vocab) for _ in range(args.prompt_len)]
+        prompt: Any = [rng.randrange(2, vocab) for _ in range(args.prompt_len)]
+        if reference == "llama-cpp":
+            theirs = _llama_cpp_server(olmo, tmp, args, env)
+            from transformers import AutoTokenizer
+
+            prompt = AutoTokenizer.from_pretrained(tmp / "hf").decode(prompt)  # its server takes text only
+            no_eos = {"logit_bias": {"0": -100.0}}  # the tiny preset's EOS id is 0
+        else:
+            theirs = Server(
+                "the baseline server",
+                [sys.executable, __file__, "--baseline-server", str(tmp / "hf"), "--port", "0", "--threads",
+                 str(args.threads), "--dtype", args.dtype],
+                env,
+            )  # fmt: skip
+            no_eos = {}
+        servers.append(theirs)
         common = {"prompt": prompt, "max_tokens": args.max_tokens, "temperature": 0}
         bodies = {
             "ours": {**common, "model": MODEL_NAME, "ignore_eos": True, "stream": True,
                      "stream_options": {"include_usage": True}},
-            "theirs": {**common, "stream": True},
+            "theirs": {**common, **no_eos, "stream": True},
         }  # fmt: skip
         urls = {"ours": ours.url, "theirs": theirs.url}
-        answers = {side: greedy_answer(urls[side], bodies[side]) for side in urls}  # also a warm-up
-        same_tokens = answers["ours"][0] == answers["theirs"][0]
-        same_text = answers["ours"][1] == answers["theirs"][1]
+        with_tokens = reference == "naive"
+        answers = {
+            side: greedy_answer(urls[side], bodies[side], with_tokens) for side in urls
+        }  # a warm-up too
+        same_tokens = answers["ours"][0] == answers["theirs"][0] if with_tokens else None
+        # Bytes that are not whole UTF-8 characters: U+FFFD in olmo's text, left out by llama.cpp's.
+        same_text = answers["ours"][1].replace("\ufffd", "") == answers["theirs"][1].replace("\ufffd", "")
         print(
             f"preset {args.preset}, {args.dtype}, {args.threads} threads per server, "
             f"prompt {args.prompt_len} tokens, {args.max_tokens} new tokens, greedy, "
             f"{args.requests} requests per client, OMP_WAIT_POLICY {args.omp_wait}, median of "
-            f"{args.repeats} interleaved runs; reference: naive transformers generate per request "
-            f"(llama-cpp-python's server is not implemented)",
+            f"{args.repeats} interleaved runs; reference: {REFERENCES[reference]}",
             file=out,
         )
-        print(
-            f"same greedy tokens: {same_tokens} ({len(answers['ours'][0])} vs {len(answers['theirs'][0])}), "
-            f"same text: {same_text}",
-            file=out,
-        )
-        if importlib.util.find_spec("llama_cpp") is not None:
-            print("llama_cpp is installed, but its server as the reference is not implemented here", file=out)
+        if with_tokens:
+            counts = f"({len(answers['ours'][0] or [])} vs {len(answers['theirs'][0] or [])}), "
+            print(f"same greedy tokens: {same_tokens} {counts}same text: {same_text}", file=out)
+        else:
+            print(f"same greedy text: {same_text} (U+FFFD for a partial character left out)", file=out)
         if not same_text:
             print(f"  olmo serve: {answers['ours'][1]!r}\n  reference:  {answers['theirs'][1]!r}", file=out)
         for side in urls:  # warm-up at the highest concurrency (first batched shapes), not timed
@@ -424,8 +465,15 @@ def main() -> None:
                         after = health(ours.url)
                         done = after["decode_steps"] - before["decode_steps"]
                         steps[c].append((done, after["largest_batch"]))
-        report = summarize(args, levels, runs, steps, same_tokens, same_text)
+        report = summarize(args, levels, runs, steps, same_tokens, same_text, reference)
         print_table(report, out)
+        for row in report["levels"]:
+            for side in ("ours", "theirs"):
+                want = row["requests"] * args.max_tokens
+                short = [n for n in row[side]["tokens_per_run"] if n != want]
+                if short:
+                    print(f"note: {side} generated {short} tokens in a run at concurrency "
+                          f"{row['concurrency']}, not {want}", file=out)  # fmt: skip
         scaling = report["scaling"]
         print(
             f"olmo serve scaling: tok/s at concurrency {max(levels)} / concurrency {min(levels)} = "
@@ -440,13 +488,45 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+REFERENCES = {
+    "naive": "naive transformers generate per request",
+    "llama-cpp": "llama-cpp-python's server on our GGUF export",
+}
+SHORT = {"naive": "naive", "llama-cpp": "llama"}
+
+
+def _llama_cpp_server(olmo: str, tmp: Path, args: argparse.Namespace, env: dict[str, str]) -> Server:
+    """llama-cpp-python's server on the model exported by `olmo quantize --gguf` (f32, f16 for bf16), not
+    interrupting a request when the next arrives (its default would cut streams short)."""
+    gguf = tmp / "model.gguf"
+    kind = "f32" if args.dtype == "fp32" else "f16"
+    made = subprocess.run(
+        [olmo, "quantize", str(tmp / "step0-unsharded"), "--gguf", kind, "--output", str(gguf)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    if made.returncode != 0:
+        raise SystemExit(f"the GGUF export failed:\n{made.stderr}")
+    context = 4 * (args.prompt_len + args.max_tokens)  # room for its tokenization of the text prompt
+    return Server(
+        "llama-cpp-python's server",
+        [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1", "--port",
+         str(free_port()), "--n_threads", str(args.threads), "--n_threads_batch", str(args.threads),
+         "--n_ctx", str(context), "--interrupt_requests", "False"],
+        env,
+        ready=UVICORN_LINE,
+    )  # fmt: skip
+
+
 def summarize(
     args: argparse.Namespace,
     levels: list[int],
     runs: dict[tuple[str, int], list[Level]],
     steps: dict[int, list[tuple[int, int]]],
-    same_tokens: bool,
+    same_tokens: bool | None,
     same_text: bool,
+    reference: str,
 ) -> dict[str, Any]:
     rows = []
     for c in levels:
@@ -473,7 +553,8 @@ def summarize(
     by = {row["concurrency"]: row for row in rows}
     return {
         "settings": {k: v for k, v in vars(args).items() if k not in ("baseline_server", "port", "json")},
-        "reference": "transformers generate per request (naive)",
+        "reference": REFERENCES[reference],
+        "reference_short": SHORT[reference],
         "same_tokens": same_tokens,
         "same_text": same_text,
         "levels": rows,
@@ -482,9 +563,11 @@ def summarize(
 
 
 def print_table(report: dict[str, Any], out: Any) -> None:
+    ref = report["reference_short"]
     head = (
-        f"{'conc':>4} {'olmo tok/s':>10} {'(min-max)':>13} {'naive tok/s':>11} {'(min-max)':>13} {'ratio':>6}"
-        f" {'TTFT p50/p95 ms olmo':>21} {'naive':>13} {'latency p50/p95 ms olmo':>24} {'naive':>13}"
+        f"{'conc':>4} {'olmo tok/s':>10} {'(min-max)':>13} {ref + ' tok/s':>11} {'(min-max)':>13}"
+        f" {'ratio':>6}"
+        f" {'TTFT p50/p95 ms olmo':>21} {ref:>13} {'latency p50/p95 ms olmo':>24} {ref:>13}"
         f" {'steps/run':>9}"
     )
     print(head, file=out)

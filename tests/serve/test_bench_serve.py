@@ -19,7 +19,7 @@ SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_serve.py"
 def test_bench_serve_smallest_run():
     out = subprocess.run(
         [sys.executable, str(SCRIPT), "--concurrency", "1,2", "--repeats", "1", "--max-tokens", "4"]
-        + ["--json"],
+        + ["--reference", "naive", "--json"],
         capture_output=True,
         text=True,
         timeout=180,
