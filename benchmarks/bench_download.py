@@ -13,7 +13,10 @@ memory whole and nothing is stored on the serving side. Measured in the same run
 Each download goes to a fresh directory under --dir, checked against the source (SHA-256), then
 deleted, so the disk holds at most one copy. `--per-connection-mbps` caps every response's rate on
 the server, as a CDN does for one connection; unset, the loopback runs as fast as the CPUs allow.
-The last line is the olmo/anchor throughput ratio (best of --repeats).
+The repetitions alternate which side goes first (olmo, anchor, anchor, olmo, ...), so that load from
+others sharing the machine hits both alike. The last line is the olmo/anchor throughput ratio (best of
+--repeats; the slowest runs show the spread); with --json that goes to stderr and stdout gets one JSON
+object (benchmarks/measures.py's `measures`).
 
     python benchmarks/bench_download.py [--gib 2] [--repeats 2] [--dir /tmp] [--per-connection-mbps 100]
 """
@@ -32,6 +35,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from measures import measure, run_benchmark, span  # noqa: E402
 
 from olmo_cli.hub.download import DownloadOptions, download, plan_download  # noqa: E402
 from olmo_cli.hub.index import IndexEntry  # noqa: E402
@@ -100,7 +106,7 @@ def run_anchor(base_url: str, dest: Path, names: list[str]) -> Path:
     return dest
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -110,8 +116,10 @@ def main() -> None:
     parser.add_argument(
         "--per-connection-mbps", type=float, default=None, help="server cap per response, MB/s"
     )
-    args = parser.parse_args()
+    return run_benchmark("download", parser, run)
 
+
+def run(args: argparse.Namespace) -> list[dict]:
     sizes = layout(int(args.gib * 2**30))
     total = sum(sizes.values())
     free = shutil.disk_usage(args.dir).free
@@ -131,18 +139,18 @@ def main() -> None:
     cap = f"{args.per_connection_mbps:g} MB/s" if args.per_connection_mbps else "none"
     print(f"server: {base_url} (separate process); per-connection cap: {cap}; writing to {args.dir}")
 
-    best = {"olmo": float("inf"), "anchor": float("inf")}
+    runs: dict[str, list[float]] = {"olmo": [], "anchor": []}  # seconds
     work = Path(tempfile.mkdtemp(prefix="bench-download-", dir=args.dir))
     try:
         for repeat in range(args.repeats):
-            for name in ("olmo", "anchor"):
+            for name in ("olmo", "anchor") if repeat % 2 == 0 else ("anchor", "olmo"):
                 dest = work / f"{name}-{repeat}"
                 started = time.perf_counter()
                 out = run_olmo(base_url, dest) if name == "olmo" else run_anchor(base_url, dest, list(sizes))
                 seconds = time.perf_counter() - started
                 check(out, digests)
                 shutil.rmtree(dest)
-                best[name] = min(best[name], seconds)
+                runs[name].append(seconds)
                 print(
                     f"  {name:6s} run {repeat + 1}: {seconds:6.2f} s  {total / seconds / 1e6:8.1f} MB/s",
                     flush=True,
@@ -152,10 +160,19 @@ def main() -> None:
         stop.set()
         server.join(timeout=10)
 
+    rates = {name: [total / seconds / 1e6 for seconds in values] for name, values in runs.items()}
     for name in ("olmo", "anchor"):
-        print(f"{name:6s} best: {best[name]:6.2f} s  {total / best[name] / 1e6:8.1f} MB/s")
-    print(f"olmo/anchor throughput ratio: {best['anchor'] / best['olmo']:.2f}")
+        best = min(runs[name])
+        runs_mb_s = span(sorted(rates[name]), ".1f")
+        print(f"{name:6s} best: {best:6.2f} s  {total / best / 1e6:8.1f} MB/s  (runs: {runs_mb_s})")
+    print(f"olmo/anchor throughput ratio: {min(runs['anchor']) / min(runs['olmo']):.2f}")
+    cap = f", {args.per_connection_mbps:g} MB/s per connection" if args.per_connection_mbps else ""
+    found = measure(
+        f"download {total / 2**30:.2f} GiB on loopback{cap}", "MB/s", rates["olmo"], rates["anchor"],
+        "one requests stream per file", statistic="best",
+    )  # fmt: skip
+    return [found]
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -16,7 +16,9 @@ left. Model loading and the harness's task indexing are not timed. Repetitions a
 olmo, ...) so that load from others sharing the machine hits both alike; the median counts. Both
 sides' answers are compared (rank by summed log-likelihood, per document).
 
-Prints requests/s per task and side, then the ratio olmo/harness over all requests last.
+Prints requests/s per task and side, then over all requests (with the spread of the repetitions: the
+r-th run of every task summed), then the ratio olmo/harness last; with --json that goes to stderr and
+stdout gets one JSON object (benchmarks/measures.py's `measures`).
 
     python benchmarks/bench_eval.py [--preset tiny] [--limit 100] [--batch-size 32] [--repeats 3]
 """
@@ -33,11 +35,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from measures import measure, run_benchmark, span  # noqa: E402
 
 from olmo_cli.checkpoint.unsharded import write_unsharded  # noqa: E402
 from olmo_cli.config.loader import load_config  # noqa: E402
@@ -114,7 +118,7 @@ def run_harness(hflm, task: TaskData) -> tuple[float, np.ndarray]:
     return seconds, np.array([int(np.argmax(scores[d])) for d in range(len(task.docs))])
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -123,7 +127,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+    return run_benchmark("eval", parser, run)
+
+
+def run(args: argparse.Namespace) -> list[dict]:
     torch.set_num_threads(args.threads)
     from lm_eval.models.huggingface import HFLM
 
@@ -142,6 +149,7 @@ def main() -> None:
     )
     totals = {"olmo": 0.0, "harness": 0.0}
     all_requests = 0
+    per_rep = {"olmo": [0.0] * args.repeats, "harness": [0.0] * args.repeats}  # seconds, all tasks
     for task in tasks:
         requests = sum(doc.num_choices for doc in task.docs)
         ours_s, theirs_s = [], []
@@ -150,6 +158,9 @@ def main() -> None:
             ours_s.append(seconds)
             seconds, theirs_pred = run_harness(hflm, task)
             theirs_s.append(seconds)
+        for r in range(args.repeats):
+            per_rep["olmo"][r] += ours_s[r]
+            per_rep["harness"][r] += theirs_s[r]
         a, b = statistics.median(ours_s), statistics.median(theirs_s)
         totals["olmo"] += a
         totals["harness"] += b
@@ -160,9 +171,23 @@ def main() -> None:
             f"harness {requests / b:8.1f}/s, ratio {b / a:5.2f}x (same answers: {same}/{len(task.docs)})"
         )
     a, b = all_requests / totals["olmo"], all_requests / totals["harness"]
-    print(f"all {all_requests} requests: olmo {a:.1f}/s, harness {b:.1f}/s")
+    rates = {side: [all_requests / seconds for seconds in values] for side, values in per_rep.items()}
+    found = measure(
+        f"eval multiple choice ({len(tasks)} tasks x {args.limit} docs, batch {args.batch_size})",
+        "requests/s",
+        rates["olmo"],
+        rates["harness"],
+        "lm-evaluation-harness hf",
+        ratio=a / b,
+    )
+    found.update(ours=a, anchor=b, statistic="sum of per-task medians")
+    print(
+        f"all {all_requests} requests: olmo {a:.1f}/s ({span(found['ours_spread'], '.1f')}), "
+        f"harness {b:.1f}/s ({span(found['anchor_spread'], '.1f')})"
+    )
     print(f"ratio olmo/harness requests/s: {a / b:.2f}x")
+    return [found]
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

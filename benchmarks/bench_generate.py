@@ -7,7 +7,8 @@ of --prompt-len tokens and --new-tokens new tokens (EOS never ends a row early o
 batch size. Repetitions are interleaved (ours, theirs, ours, ...) so that load from others sharing
 the machine hits both alike; the median counts. Both outputs are checked token for token first.
 
-Prints tokens/s for each side and batch size, then the ratio ours/transformers at batch 1 last.
+Prints tokens/s for each side and batch size (median, min-max), then the ratio ours/transformers at
+batch 1 last; with --json that goes to stderr and stdout gets one JSON object (benchmarks/measures.py).
 
     python benchmarks/bench_generate.py [--preset tiny] [--dtype fp32|bf16] [--threads 2] [--repeats 5]
 """
@@ -15,7 +16,6 @@ Prints tokens/s for each side and batch size, then the ratio ours/transformers a
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
@@ -24,8 +24,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import torch  # noqa: E402
+from measures import measure, run_benchmark, span  # noqa: E402
 
 from olmo_cli.checkpoint.unsharded import write_unsharded  # noqa: E402
 from olmo_cli.config.loader import load_config  # noqa: E402
@@ -78,7 +80,7 @@ def timed(fn: Callable[..., object], *args: object) -> float:
     return time.perf_counter() - start
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -89,7 +91,10 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--batch-sizes", default="1,8")
     parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
+    return run_benchmark("generate", parser, run)
+
+
+def run(args: argparse.Namespace) -> list[dict]:
     torch.set_num_threads(args.threads)
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     with tempfile.TemporaryDirectory() as tmp:
@@ -98,7 +103,7 @@ def main() -> None:
         f"preset {args.preset}, {args.dtype}, {args.threads} threads, prompt {args.prompt_len}, "
         f"{args.new_tokens} new tokens, greedy, median of {args.repeats} interleaved runs"
     )
-    ratios = {}
+    ratios, measures = {}, []
     for batch in (int(b) for b in args.batch_sizes.split(",")):
         prompts = torch.randint(
             2, vocab, (batch, args.prompt_len), generator=torch.Generator().manual_seed(batch)
@@ -109,15 +114,25 @@ def main() -> None:
             ours_s.append(timed(run_ours, ours, prompts, args.new_tokens))
             theirs_s.append(timed(run_theirs, theirs, prompts, args.new_tokens))
         tokens = batch * args.new_tokens
-        a, b = tokens / statistics.median(ours_s), tokens / statistics.median(theirs_s)
+        found = measure(
+            f"generate batch {batch} ({args.preset}, {args.dtype})",
+            "tokens/s",
+            [tokens / s for s in ours_s],
+            [tokens / s for s in theirs_s],
+            "transformers generate",
+        )
+        found["same_tokens"] = same
+        measures.append(found)
+        a, b = found["ours"], found["anchor"]
         ratios[batch] = a / b
         print(
-            f"batch {batch}: olmo {a:,.0f} tokens/s, transformers {b:,.0f} tokens/s, ratio {a / b:.2f}x "
-            f"(same tokens: {same})"
+            f"batch {batch}: olmo {a:,.0f} tokens/s ({span(found['ours_spread'])}), transformers {b:,.0f} "
+            f"tokens/s ({span(found['anchor_spread'])}), ratio {a / b:.2f}x (same tokens: {same})"
         )
     first = min(ratios)
     print(f"ratio olmo/transformers at batch {first}: {ratios[first]:.2f}x")
+    return measures
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -11,7 +11,11 @@ Three measurements of the big dataset:
 - warm: later runs, which read the cached order (memory-mapped, 512 entries) and 512 instances;
 - order file: `--data-order-file` pointing at an existing raw uint32 order, as with a run's
   train_data/global_indices.npy or a published order.
-Wall time and peak RSS are per child process (os.wait4). The last line is the warm/anchor ratio.
+Wall time and peak RSS are per child process (os.wait4). After the cold run, the repetitions of the
+anchor, warm and order-file runs are interleaved (a, w, o, w, o, a, ...) so that load from others sharing
+the machine hits all alike; the median wall time counts. The last line is the warm/anchor ratio; with
+--json that goes to stderr and stdout gets one JSON object (benchmarks/measures.py's `measures`, where
+the ratio is anchor/ours: what a look at one batch of the big dataset costs against the tiny one).
 
     python benchmarks/bench_inspect_batch.py [--files 1000] [--file-gib 2] [--repeats 3] [--dir /tmp]
 """
@@ -30,6 +34,9 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from measures import measure, run_benchmark  # noqa: E402
 
 SEQ_LEN, BATCH = 2048, 512
 
@@ -71,22 +78,33 @@ def run_measured(args: list[str], env: dict[str, str]) -> tuple[float, float]:
     return wall, usage.ru_maxrss / 1024  # ru_maxrss is KiB on Linux
 
 
-def measure(label: str, args: list[str], env: dict[str, str], repeats: int) -> tuple[float, float]:
-    runs = [run_measured(args, env) for _ in range(repeats)]
+def report(label: str, runs: list[tuple[float, float]]) -> tuple[float, float]:
     wall = statistics.median(r[0] for r in runs)
     rss = max(r[1] for r in runs)
-    print(f"{label:<44} wall {wall:7.3f} s (median of {repeats})   peak RSS {rss:8.1f} MiB", flush=True)
+    print(f"{label:<44} wall {wall:7.3f} s (median of {len(runs)})   peak RSS {rss:8.1f} MiB", flush=True)
     return wall, rss
 
 
-def main() -> None:
+def interleaved(commands: dict[str, list[str]], env: dict[str, str], repeats: int) -> dict[str, list]:
+    """Each command `repeats` times, the order rotating each round: (wall, RSS) per run."""
+    runs: dict[str, list[tuple[float, float]]] = {label: [] for label in commands}
+    labels = list(commands)
+    for r in range(repeats):
+        for label in labels[r % len(labels) :] + labels[: r % len(labels)]:
+            runs[label].append(run_measured(commands[label], env))
+    return runs
+
+
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=1000)
     parser.add_argument("--file-gib", type=float, default=2.0)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--dir", type=Path, default=None, help="where to put the sparse files (default: tmp)")
-    opts = parser.parse_args()
+    return run_benchmark("inspect_batch", parser, run)
 
+
+def run(opts: argparse.Namespace) -> list[dict]:
     root = Path(tempfile.mkdtemp(prefix="olmo-bench-inspect-", dir=opts.dir))
     try:
         file_bytes = int(opts.file_gib * 2**30) // (2 * SEQ_LEN) * (2 * SEQ_LEN)
@@ -111,29 +129,34 @@ def main() -> None:
         env = {**os.environ, "XDG_CACHE_HOME": str(root / "cache")}
         ids = ["inspect-batch", "0", "--format", "ids"]
 
-        anchor_wall, anchor_rss = measure(
-            "anchor: tiny dataset (1024 instances)", [*ids, "-c", str(tiny_cfg)], env, opts.repeats
-        )
-        measure("big, cold (computes + caches the order)", [*ids, "-c", str(big_cfg)], env, 1)
-        warm_wall, warm_rss = measure(
-            "big, warm (cached order)", [*ids, "-c", str(big_cfg)], env, opts.repeats
-        )
+        report("big, cold (computes + caches the order)", [run_measured([*ids, "-c", str(big_cfg)], env)])
         order_file = next((root / "cache" / "olmo" / "data-order").glob("*.u32"), None)
         if order_file is None:  # small enough not to be cached: write it as a run would
             from olmo_cli.data.order import global_indices, write_order
 
             order_file = write_order(root / "global_indices.npy", global_indices(instances, seed=6198))
-        measure(
-            "big, --data-order-file",
-            [*ids, "-c", str(big_cfg), "--data-order-file", str(order_file)],
-            env,
-            opts.repeats,
-        )
+        commands = {
+            "anchor: tiny dataset (1024 instances)": [*ids, "-c", str(tiny_cfg)],
+            "big, warm (cached order)": [*ids, "-c", str(big_cfg)],
+            "big, --data-order-file": [*ids, "-c", str(big_cfg), "--data-order-file", str(order_file)],
+        }
+        runs = interleaved(commands, env, opts.repeats)
+        (anchor_wall, anchor_rss), (warm_wall, warm_rss), _ = (report(k, v) for k, v in runs.items())
         print(f"peak RSS ratio warm/anchor: {warm_rss / anchor_rss:.2f}")
         print(f"wall ratio warm/anchor (multi-TB batch 0 vs tiny batch 0): {warm_wall / anchor_wall:.2f}")
     finally:
         shutil.rmtree(root, ignore_errors=True)
+    anchor, warm, by_file = runs.values()
+    big = f"{total / 1e12:.2f} TB"
+    return [
+        measure(f"inspect-batch 0 wall, {big} {what} vs 1024 instances", "s", [w for w, _ in ours],
+                [w for w, _ in anchor], "same command, tiny dataset", higher_is_better=False)
+        for what, ours in (("warm", warm), ("--data-order-file", by_file))
+    ] + [
+        measure(f"inspect-batch 0 peak RSS, {big} warm vs 1024 instances", "MiB", [m for _, m in warm],
+                [m for _, m in anchor], "same command, tiny dataset", higher_is_better=False)
+    ]  # fmt: skip
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

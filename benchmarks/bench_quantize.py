@@ -8,7 +8,9 @@ size; repetitions are interleaved (fp32, int8, int4, fp32, ...) so that load fro
 machine hits all alike, and the median counts (the best run is shown too). Also prints the size of
 each checkpoint's weights file.
 
-Prints tokens/s per variant and batch size, then the int8/fp32 ratio at batch 1 last.
+Prints tokens/s per variant and batch size, then the int8/fp32 ratio at batch 1 last; with --json that
+goes to stderr and stdout gets one JSON object (benchmarks/measures.py's `measures`: each variant at each
+batch size against fp32).
 
     python benchmarks/bench_quantize.py [--d-model 2048] [--layers 4] [--threads 2] [--repeats 3]
 """
@@ -24,8 +26,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import torch  # noqa: E402
+from measures import measure, run_benchmark  # noqa: E402
 
 from olmo_cli.checkpoint.unsharded import write_unsharded  # noqa: E402
 from olmo_cli.config.loader import load_config  # noqa: E402
@@ -75,7 +79,7 @@ def generate(model: torch.nn.Module, batch: int, prompt_len: int, new: int) -> f
     return batch * new / (time.perf_counter() - start)
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -86,7 +90,10 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+    return run_benchmark("quantize", parser, run)
+
+
+def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         paths = write_checkpoints(args, Path(tmp))
@@ -112,9 +119,17 @@ def main() -> None:
             speed, best = statistics.median(results[(name, batch)]), max(results[(name, batch)])
             ratio = speed / fp32
             print(f"batch {batch:>2} {name:>5}: {speed:8.1f} tokens/s  ({ratio:.2f}x fp32; best {best:.1f})")
-    ratio = statistics.median(results[("int8", 1)]) / statistics.median(results[("fp32", 1)])
-    print(f"int8/fp32 generation speed at batch 1: {ratio:.2f}x")
+    if 1 in args.batch_sizes:
+        ratio = statistics.median(results[("int8", 1)]) / statistics.median(results[("fp32", 1)])
+        print(f"int8/fp32 generation speed at batch 1: {ratio:.2f}x")
+    measures = [
+        measure(f"generate {name} batch {batch} (d_model {args.d_model}, {args.layers} layers)", "tokens/s",
+                results[(name, batch)], results[("fp32", batch)], "fp32, same model")
+        for batch in args.batch_sizes
+        for name in VARIANTS
+    ]  # fmt: skip
+    return {"measures": measures, "weights_bytes": sizes}
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

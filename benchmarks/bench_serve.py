@@ -28,6 +28,8 @@ Prints one table, then olmo serve's own scaling, tok/s at the highest concurrenc
 
     python benchmarks/bench_serve.py [--preset tiny] [--threads 2] [--concurrency 1,4,16] [--repeats 3]
     python benchmarks/bench_serve.py --json          # the table to stderr, a JSON dump to stdout
+
+The JSON dump's `measures` is benchmarks/measures.py's common list (tok/s at each concurrency).
 """
 
 from __future__ import annotations
@@ -49,6 +51,9 @@ import threading
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from measures import measure  # noqa: E402
 
 URL_LINE = re.compile(r"http://127\.0\.0\.1:(\d+)/v1")
 UVICORN_LINE = re.compile(r"Uvicorn running on http://127\.0\.0\.1:(\d+)")  # llama-cpp-python's server
@@ -388,8 +393,6 @@ def main() -> None:
     out = sys.stderr if args.json else sys.stdout
 
     import torch
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench_generate import make_models
 
     servers: list[Server] = []
@@ -551,7 +554,15 @@ def summarize(
         row["ours"]["largest_batch_so_far"] = max(b for _, b in steps[c])
         rows.append(row)
     by = {row["concurrency"]: row for row in rows}
+    measures = [
+        measure(f"serve {c} clients ({args.preset}, {args.dtype})", "tokens/s",
+                [lv.tokens / lv.seconds for lv in runs["ours", c]],
+                [lv.tokens / lv.seconds for lv in runs["theirs", c]], REFERENCES[reference])
+        for c in levels
+    ]  # fmt: skip
     return {
+        "benchmark": "serve",
+        "measures": measures,
         "settings": {k: v for k, v in vars(args).items() if k not in ("baseline_server", "port", "json")},
         "reference": REFERENCES[reference],
         "reference_short": SHORT[reference],

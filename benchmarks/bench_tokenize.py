@@ -5,10 +5,13 @@ Same corpus, same tokenizer JSON file, same number of processes, measured in one
   source) written as JSON Lines, repeated to about --mb megabytes and split into --files files (dolma
   hands whole files to its processes, so it needs at least one file per process);
 - tokenizer: the built-in tiny-bpe-4096 JSON file, EOS 0, pad 1, uint16 output;
-- each tool runs --repeats times in a fresh output directory; the best wall time counts (the machine
-  has other work; the minimum is the least disturbed figure). Wall time includes start-up.
+- each tool runs --repeats times in a fresh output directory, interleaved (olmo, dolma, dolma, olmo, ...)
+  so that load from others sharing the machine hits both alike; the best wall time counts (the minimum
+  is the least disturbed figure), the slowest run shows the spread. Wall time includes start-up.
 
-Documents/s, tokens/s and MB/s (of JSONL read) for each tool, then the ratio olmo/dolma last.
+Documents/s, tokens/s and MB/s (of JSONL read) for each tool, then the ratio olmo/dolma last; with --json
+that goes to stderr and stdout gets one JSON object (benchmarks/measures.py's `measures`; without dolma
+none, and `skipped` says why).
 
 `dolma` pins old versions of tokenizers and numpy that conflict with this project's, so install it in
 a virtualenv of its own and point --dolma at its executable:
@@ -31,6 +34,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from measures import measure, run_benchmark, span  # noqa: E402
 
 from olmo_cli.data.corpus import default_corpus_documents  # noqa: E402
 from olmo_cli.data.tokenizer import BUILTIN, BUILTIN_DIR  # noqa: E402
@@ -103,43 +109,60 @@ def main() -> int:
     parser.add_argument("--files", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--dir", default=None, help="where to write the corpus and outputs")
-    args = parser.parse_args()
+    return run_benchmark("tokenize", parser, run)
 
+
+def run(args: argparse.Namespace) -> dict:
+    have_dolma = bool(args.dolma) and Path(args.dolma).exists()
     work = Path(tempfile.mkdtemp(prefix="bench-tokenize-", dir=args.dir))
     try:
         inputs, documents, size = write_corpus(work, args.mb, args.files)
         print(f"corpus: {documents:,} documents, {size / 1e6:.1f} MB in {len(inputs)} files; "
               f"tokenizer {TOKENIZER_FILE.name}; {args.processes} processes")  # fmt: skip
         results: dict[str, tuple[float, int]] = {}
-        olmo_out = work / "olmo"
-        command = olmo_command(inputs, olmo_out, args.processes)
-        best = min(timed(command, olmo_out) for _ in range(args.repeats))
+        olmo_out, dolma_out = work / "olmo", work / "dolma"
+        commands = {"olmo": olmo_command(inputs, olmo_out, args.processes)}
+        if have_dolma:
+            commands["dolma"] = dolma_command(args.dolma, inputs, dolma_out, args.processes)
+        runs: dict[str, list[tuple[float, str]]] = {tool: [] for tool in commands}
+        for r in range(args.repeats):
+            for tool in commands if r % 2 == 0 else reversed(commands):  # interleaved: drift hits both
+                runs[tool].append(timed(commands[tool], olmo_out if tool == "olmo" else dolma_out))
+        best = min(runs["olmo"])
         summary = json.loads(best[1])
         assert summary["documents"] == documents, summary
         results["olmo data tokenize"] = (best[0], summary["tokens"])
-        if not args.dolma or not Path(args.dolma).exists():
+        skipped = None
+        if not have_dolma:
+            skipped = "dolma not found (install it in its own virtualenv, pass --dolma PATH)"
             print(
                 "dolma: not found. It cannot share this project's environment (dolma 1.2 pins tokenizers "
                 "0.19 and numpy < 2; installing it there downgrades both); install it in its own virtualenv "
                 "and pass --dolma PATH (see this script's docstring)."
             )
         else:
-            dolma_out = work / "dolma"
-            seconds = min(timed(dolma_command(args.dolma, inputs, dolma_out, args.processes), dolma_out)[0]
-                          for _ in range(args.repeats))  # fmt: skip
-            results["dolma tokens"] = (seconds, count_tokens(dolma_out))
+            results["dolma tokens"] = (min(runs["dolma"])[0], count_tokens(dolma_out))
         print(f"{'tool':<20} {'seconds':>8} {'docs/s':>10} {'tokens/s':>12} {'MB/s':>7} {'tokens':>12}")
         for tool, (seconds, tokens) in results.items():
             print(f"{tool:<20} {seconds:>8.2f} {documents / seconds:>10,.0f} {tokens / seconds:>12,.0f} "
                   f"{size / 1e6 / seconds:>7.2f} {tokens:>12,}")  # fmt: skip
+        measures = []
         if "dolma tokens" in results:
+            mb_s = {tool: [size / 1e6 / seconds for seconds, _ in values] for tool, values in runs.items()}
+            found = measure(
+                f"tokenize {args.processes} processes", "MB/s", mb_s["olmo"], mb_s["dolma"], "dolma tokens",
+                statistic="best",
+            )  # fmt: skip
+            measures.append(found)
+            print(f"MB/s over {args.repeats} runs: olmo {span(found['ours_spread'], '.2f')}, "
+                  f"dolma {span(found['anchor_spread'], '.2f')}")  # fmt: skip
             ratio = results["dolma tokens"][0] / results["olmo data tokenize"][0]
             print(f"ratio (olmo throughput / dolma throughput, {args.processes} processes): {ratio:.2f}x")
         else:
             print("ratio: not measured (dolma unavailable)")
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return 0
+    return {"measures": measures, **({"skipped": skipped} if skipped else {})}
 
 
 if __name__ == "__main__":

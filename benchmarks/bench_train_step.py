@@ -14,9 +14,11 @@ back to back, under the same load); min and best tok/s show how noisy the machin
 shared with other work, OMP_WAIT_POLICY=PASSIVE keeps idle OpenMP threads from spinning on cores the
 other work needs, which steadies (and on a busy machine raises) both models' figures.
 
-Prints tokens/s for both, our MFU against this machine's measured matmul peak, and the ratio last.
+Prints tokens/s for both, our MFU against this machine's measured matmul peak, and the ratio last;
+with --json that goes to stderr and stdout gets one JSON object (benchmarks/measures.py's `measures`).
 
     python benchmarks/bench_train_step.py                       # the tiny preset's model, batch 16x256
+    python benchmarks/bench_train_step.py --model compass --precision fp32  # batch 4x512 (see MODELS)
     python benchmarks/bench_train_step.py --model large --batch 4 --seq 512  # d_model 1024, 8 layers
     python benchmarks/bench_train_step.py --profile             # also a torch.profiler table of ours
 """
@@ -35,6 +37,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from measures import measure, run_benchmark  # noqa: E402
 
 from olmo_cli.config.derived import flops_per_token  # noqa: E402
 from olmo_cli.config.loader import load_config  # noqa: E402
@@ -48,7 +53,19 @@ from olmo_cli.train.speed import measure_matmul_peak  # noqa: E402
 MODELS = {
     "tiny": {},  # the preset's own model: d_model 256, 4 layers, 4 heads, vocab 4096
     "large": {"d_model": 1024, "n_heads": 16, "n_layers": 8},
+    # d_model 512, 8 layers, 8 heads, SwiGLU hidden 1536 (mlp_hidden_size is ff_proj's width, both
+    # branches: 2 x 1536), vocabulary 50304 untied; batch 4x512 by default (SHAPES)
+    "compass": {
+        "d_model": 512,
+        "n_layers": 8,
+        "n_heads": 8,
+        "mlp_hidden_size": 3072,
+        "vocab_size": 50304,
+        "embedding_size": 50304,
+        "weight_tying": False,
+    },
 }
+SHAPES = {"compass": (4, 512)}  # (batch, seq) where --batch / --seq are not given; else 16x256
 
 
 def config(model: str, seq_len: int, precision: str) -> TrainConfig:
@@ -145,8 +162,8 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model", choices=sorted(MODELS), default="tiny")
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--seq", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=None, help="default 16 (compass: 4)")
+    parser.add_argument("--seq", type=int, default=None, help="default 256 (compass: 512)")
     parser.add_argument("--precision", choices=["amp_bf16", "fp32"], default="amp_bf16")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--warmup", type=int, default=2)
@@ -156,8 +173,13 @@ def main() -> int:
     parser.add_argument(
         "--same-stack", action="store_true", help="transformers' model with our loss and optimizer code"
     )
-    args = parser.parse_args()
+    return run_benchmark("train_step", parser, run)
 
+
+def run(args: argparse.Namespace) -> dict:
+    batch, seq = SHAPES.get(args.model, (16, 256))
+    args.batch = args.batch or batch
+    args.seq = args.seq or seq
     torch.set_num_threads(args.threads)
     cfg = config(args.model, args.seq, args.precision)
     bf16 = args.precision == "amp_bf16"
@@ -205,11 +227,25 @@ def main() -> int:
     per_rep = sorted(a / b for a, b in zip(rates["ours"], rates["transformers"], strict=True))
     best = max(rates["ours"]) / max(rates["transformers"])
     spread = f"range {per_rep[0]:.2f}..{per_rep[-1]:.2f}; best vs best {best:.2f}x"
+    ratio = statistics.median(per_rep)
     print(
         f"ratio (ours / transformers tokens/s, median of {args.repeats} back-to-back repetitions): "
-        f"{statistics.median(per_rep):.2f}x ({spread})"
+        f"{ratio:.2f}x ({spread})"
     )
-    return 0
+    name = f"train step {args.model} {args.batch}x{args.seq} {args.precision}"
+    anchor = "transformers (our loss, optimizer)" if args.same_stack else "transformers"
+    found = measure(name, "tokens/s", rates["ours"], rates["transformers"], anchor, ratio=ratio)
+    found["ratio_spread"] = [per_rep[0], per_rep[-1]]
+    mfu = {side: [v * flops / peak for v in values] for side, values in rates.items()}
+    return {
+        "measures": [found],
+        "model": m.model_dump(mode="json"),
+        "max_logit_difference_fp32": diff,
+        "matmul_peak_flops": peak,
+        "flops_per_token": flops,
+        "mfu_median": {side: statistics.median(v) for side, v in mfu.items()},
+        "mfu_best": {side: max(v) for side, v in mfu.items()},
+    }
 
 
 if __name__ == "__main__":
