@@ -1,7 +1,7 @@
 """Every benchmark in one go, with small settings, and one table of their figures.
 
 Runs each benchmarks/bench_*.py as its own process with `--json` and the small arguments in BENCHMARKS
-(about ten minutes in all on 2 loaded cores; each script interleaves its repetitions, so that a ratio
+(about four minutes in all on 2 cores; each script interleaves its repetitions, so that a ratio
 compares both sides under the same load), collects their `measures` (benchmarks/measures.py) and prints
 one table: benchmark, measure, unit, ours, the anchor and its name, the ratio (above 1: ours does better;
 for times and memory it is anchor/ours), and the lowest-highest repetition of each side. A benchmark
@@ -60,10 +60,10 @@ BENCHMARKS = {
         missing_modules("transformers"),
     ),
     "generate": Benchmark(
-        "bench_generate.py", ["--new-tokens", "32", "--repeats", "3"], missing_modules("transformers")
+        "bench_generate.py", ["--new-tokens", "32", "--repeats", "5"], missing_modules("transformers")
     ),
     "tokenize": Benchmark(
-        "bench_tokenize.py", ["--mb", "5", "--files", "4", "--repeats", "3"], dolma_missing
+        "bench_tokenize.py", ["--mb", "10", "--files", "4", "--repeats", "3"], dolma_missing
     ),
     "eval": Benchmark("bench_eval.py", ["--limit", "20", "--repeats", "3"], missing_modules("lm_eval")),
     "quantize": Benchmark(
@@ -71,13 +71,11 @@ BENCHMARKS = {
         ["--d-model", "1024", "--layers", "2", "--new-tokens", "16", "--repeats", "3"],
         lambda _: None,
     ),
-    "download": Benchmark(
-        "bench_download.py", ["--gib", "0.25", "--repeats", "3"], missing_modules("requests")
-    ),
+    "download": Benchmark("bench_download.py", ["--gib", "1", "--repeats", "3"], missing_modules("requests")),
     "inspect_batch": Benchmark("bench_inspect_batch.py", ["--files", "50", "--repeats", "3"], lambda _: None),
     "serve": Benchmark(
         "bench_serve.py",
-        ["--concurrency", "1,16", "--repeats", "2"],
+        ["--concurrency", "1,16", "--repeats", "3"],
         missing_modules("transformers", "httpx"),
     ),
 }
