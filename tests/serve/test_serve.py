@@ -281,10 +281,15 @@ def test_a_client_that_leaves_mid_stream_frees_its_slot(server):
     assert server.health()["in_flight"] == 0
 
 
-def test_a_full_queue_answers_503_and_sigterm_finishes_the_request_in_flight(ckpt):
-    small = Server(ckpt, "--max-batch", "1", "--max-queue", "0")
+def test_a_full_queue_answers_503_and_sigterm_finishes_the_request_in_flight(tmp_path):
+    # The tiny preset's model (random weights, 256 positions): 200 tokens take long enough (about half a
+    # second and more) for the busy request and the signal to arrive while the first one runs.
+    from tests._fixtures import tiny_config, write_checkpoint
+
+    slow, _ = write_checkpoint(tmp_path, tiny_config())
+    small = Server(slow, "--max-batch", "1", "--max-queue", "0")
     try:
-        long = {"model": NAME, "prompt": "Hi", "max_tokens": 60, "temperature": 0, "ignore_eos": True}
+        long = {"model": NAME, "prompt": "Hi", "max_tokens": 200, "temperature": 0, "ignore_eos": True}
         result: dict = {}
         worker = threading.Thread(
             target=lambda: result.update(r=small.post("/v1/completions", long, key=None))
@@ -292,12 +297,14 @@ def test_a_full_queue_answers_503_and_sigterm_finishes_the_request_in_flight(ckp
         worker.start()
         deadline = time.monotonic() + 10
         while not small.health()["in_flight"] and time.monotonic() < deadline:
-            time.sleep(0.01)
+            time.sleep(0.005)
         busy = small.post("/v1/completions", {"model": NAME, "prompt": "Hi"}, key=None)
         assert busy.status_code == 503 and busy.headers["Retry-After"] == "1"
         small.proc.send_signal(signal.SIGTERM)  # while the long request runs
         worker.join(timeout=60)
-        assert result["r"].status_code == 200 and result["r"].json()["choices"][0]["finish_reason"]
+        done = result["r"].json()
+        assert result["r"].status_code == 200, done  # it finished all 200 tokens after the signal
+        assert done["choices"][0]["finish_reason"] == "length" and done["usage"]["completion_tokens"] == 200
         assert small.proc.wait(timeout=60) == 0
     finally:
         small.stop()
