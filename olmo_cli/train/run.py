@@ -52,7 +52,7 @@ from olmo_cli.train.restore import (
     set_optimizer_hyperparameters,
 )
 from olmo_cli.train.schedule import BoltOnWarmup
-from olmo_cli.train.signals import stop_on_signals
+from olmo_cli.train.signals import StopRequest, stop_on_signals
 from olmo_cli.train.speed import SpeedMonitor, run_peak_flops
 from olmo_cli.train.state import TrainerState, restore_rng
 from olmo_cli.world import World, close_world, init_world
@@ -98,15 +98,20 @@ def seed_all(seed: int) -> None:
 def run(cfg: TrainConfig, *, events: EventSink, options: RunOptions | None = None) -> RunResult:
     """Trains `cfg` to its stop step (or until the data ends, or SIGTERM/SIGINT) and returns how it ended."""
     options = options or RunOptions()
-    world = init_world(options.device)
-    try:
-        result = _run(cfg, _main_only(events, world), options, world)
-    except BaseException:
-        close_world(world)
-        raise
-    finally:
-        release_run_dirs()
-    close_world(world, synchronize=True)
+    # From the start, not only around the training loop: under --nproc-per-node a signal relayed while a
+    # rank is still preparing would otherwise kill that rank (the default action) while the others go
+    # on to save. A stop asked for before the first step is honoured at the first step boundary.
+    stop = StopRequest()
+    with stop_on_signals(stop):
+        world = init_world(options.device)
+        try:
+            result = _run(cfg, _main_only(events, world), options, world, stop)
+        except BaseException:
+            close_world(world)
+            raise
+        finally:
+            release_run_dirs()
+        close_world(world, synchronize=True)
     return result
 
 
@@ -123,7 +128,9 @@ class _Prepared:
     scanned: bool  # every token id was checked against the vocabulary
 
 
-def _run(cfg: TrainConfig, events: EventSink, options: RunOptions, world: World) -> RunResult:
+def _run(
+    cfg: TrainConfig, events: EventSink, options: RunOptions, world: World, stop: StopRequest
+) -> RunResult:
     batch_split(cfg, world.world_size)  # indivisible batch sizes fail before anything else happens
     local = int(os.environ.get("LOCAL_WORLD_SIZE") or 1) if world.device.type == "cpu" else 1
     check_model_fits(cfg, world.device, world.world_size, local)  # so does a model of impossible size
@@ -166,13 +173,13 @@ def _run(cfg: TrainConfig, events: EventSink, options: RunOptions, world: World)
         speed=SpeedMonitor(cfg.speed_monitor.window_size, forward + backward, peak),
         run_dir=prep.run_dir,
         events=events,
+        stop=stop,
     )
     trainer.check_every_batch = not prep.scanned or loader.order_file is not None
     events(_started(prep, world, trainer, restored, peak, peak_source))
     if restored.rng is not None:
         restore_rng(restored.rng)  # last, so nothing above draws from the restored generators
-    with stop_on_signals(trainer.stop):
-        reason = trainer.fit()
+    reason = trainer.fit()
     return _finished(trainer, reason, callbacks, events)
 
 

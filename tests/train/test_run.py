@@ -364,3 +364,26 @@ def test_events_serialize_to_json(tmp_path):
     lines = [json.loads(json.dumps(e.as_dict(), default=str)) for e in events]
     assert lines[0]["event"] == "run_started" and lines[-1]["event"] == "run_finished"
     assert lines[0]["plan"]["params"] > 0
+
+
+def test_a_signal_while_the_run_prepares_stops_it_at_the_first_step_boundary(tmp_path, monkeypatch):
+    # Under --nproc-per-node a relayed SIGTERM may reach a rank that is still preparing; it must be a
+    # stop request there too (not the default action, which kills that rank while the others save).
+    import os
+    import signal
+
+    from olmo_cli.train import run as run_module
+
+    real = run_module._prepare
+
+    def prepare_then_signal(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # a first Ctrl-C: a stop request, as SIGTERM
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(run_module, "_prepare", prepare_then_signal)
+    try:
+        result, _ = quiet_run(run_config(tmp_path, stop_at=5))
+    except KeyboardInterrupt:
+        pytest.fail("the signal reached Python's default handler: no stop handler while preparing")
+    assert result.reason == "interrupted" and result.step == 0
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored afterwards
