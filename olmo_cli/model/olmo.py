@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from olmo_cli.config.schema import ModelConfig
+from olmo_cli.model import packed_linear
 from olmo_cli.model.init import init_weights
 
 __all__ = [
@@ -24,9 +25,12 @@ __all__ = [
     "LayerNorm",
     "SwiGLU",
     "apply_rope",
+    "block_rope_tables",
     "build_model",
     "check_supported",
     "rope_tables",
+    "rotate_signed",
+    "signed_sin",
 ]
 
 
@@ -181,14 +185,28 @@ class _Rotary(torch.autograd.Function):
         return _rotate(grad, cos, -signed_sin, ctx.full_precision), None, None, None
 
 
+def signed_sin(sin: torch.Tensor) -> torch.Tensor:
+    """(-sin, sin) over the two halves of the last dimension: the table `rotate_signed` takes."""
+    half = sin.shape[-1] // 2
+    return torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+
+
+def rotate_signed(
+    x: torch.Tensor, cos: torch.Tensor, signed: torch.Tensor, full_precision: bool = True
+) -> torch.Tensor:
+    """`rotary` with the sine table already signed (`signed_sin`): one autograd node where a gradient is
+    wanted, else the rotation alone (generation: no autograd bookkeeping per layer and token)."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _Rotary.apply(x, cos, signed, full_precision)
+    return _rotate(x, cos, signed, full_precision)
+
+
 def rotary(
     x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, full_precision: bool = True
 ) -> torch.Tensor:
     """Rotates x [..., hd] by tables cos/sin [..., hd] (as `rope_tables` gives them) that broadcast
     against it; with `full_precision` in fp32, rounded once to x's dtype."""
-    half = x.shape[-1] // 2
-    signed_sin = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
-    return _Rotary.apply(x, cos, signed_sin, full_precision)
+    return rotate_signed(x, cos, signed_sin(sin), full_precision)
 
 
 def apply_rope(
@@ -199,7 +217,8 @@ def apply_rope(
     With `full_precision` (upstream's default) the rotation runs in fp32 and is cast back, so bf16 q/k
     are rounded once, not at every step.
     """
-    return rotary(q, cos, sin, full_precision), rotary(k, cos, sin, full_precision)
+    signed = signed_sin(sin)
+    return rotate_signed(q, cos, signed, full_precision), rotate_signed(k, cos, signed, full_precision)
 
 
 class OLMoBlock(nn.Module):
@@ -243,7 +262,8 @@ class OLMoBlock(nn.Module):
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
         cache: AttentionCache | None = None,
     ) -> torch.Tensor:
-        """x: [b, T, d]; rope: (cos, sin) broadcastable to [b, H, T, hd], or None without RoPE.
+        """x: [b, T, d]; rope: the (cos, signed sin) tables `block_rope_tables` makes for this model, or
+        None without RoPE.
 
         cache: a KV cache (generation); None attends causally within x alone.
         """
@@ -278,7 +298,9 @@ class OLMoBlock(nn.Module):
             k = k.view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
             v = v.view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
             if rope is not None:
-                q, k = apply_rope(q, k, *rope, full_precision=self.rope_full_precision)
+                cos, signed = rope
+                q = rotate_signed(q, cos, signed, self.rope_full_precision)
+                k = rotate_signed(k, cos, signed, self.rope_full_precision)
         if cache is None:
             out = self._sdpa(q, k, v)
         else:
@@ -295,14 +317,7 @@ class OLMoBlock(nn.Module):
         b, t, _ = qkv.shape
         heads, kv_heads = self.n_heads, self.n_kv_heads
         qk, v = qkv.split((self.fused_dims[0] + self.fused_dims[1], self.fused_dims[2]), dim=-1)
-        # Tables [..., 1, T, hd] -> [..., T, heads, hd], materialized (small: no batch dimension) so the
-        # rotation's kernels run over long contiguous rows instead of broadcasting inside each row.
-        cos, sin = (table.transpose(-3, -2) for table in rope)
-        cos, sin = (
-            table.expand(*table.shape[:-2], heads + kv_heads, self.head_dim).contiguous()
-            for table in (cos, sin)
-        )
-        qk = rotary(qk.view(b, t, heads + kv_heads, self.head_dim), cos, sin, self.rope_full_precision)
+        qk = rotate_signed(qk.view(b, t, heads + kv_heads, self.head_dim), *rope, self.rope_full_precision)
         q, k = qk.split((heads, kv_heads), dim=2)
         v = v.view(b, t, kv_heads, self.head_dim)
         return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
@@ -324,6 +339,24 @@ class OLMoBlock(nn.Module):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=causal)
 
 
+def block_rope_tables(positions: torch.Tensor, cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (cos, signed sin) tables every block of this model rotates by, made once per forward rather
+    than in each layer.
+
+    With QK norm, q and k are rotated apart, as [b, H, T, hd]: tables [..., 1, T, hd] broadcast over the
+    heads. Without it, q and k are rotated together in the fused projection's own [b, T, H + Hkv, hd]
+    layout: tables [..., T, H + Hkv, hd], materialized (small: no batch dimension unless positions have
+    one) so the rotation's kernels run over long contiguous rows instead of broadcasting inside each row.
+    """
+    cos, sin = rope_tables(positions, cfg.head_dim, cfg.rope_theta)
+    signed = signed_sin(sin)
+    if cfg.attention_layer_norm:
+        return cos.unsqueeze(-3), signed.unsqueeze(-3)
+    heads = cfg.n_heads + cfg.effective_n_kv_heads
+    shape = (*cos.shape[:-1], heads, cfg.head_dim)
+    return cos.unsqueeze(-2).expand(shape).contiguous(), signed.unsqueeze(-2).expand(shape).contiguous()
+
+
 def check_supported(cfg: ModelConfig) -> None:
     """Raises ValueError naming every architecture switch this model does not implement."""
     problems = []
@@ -342,6 +375,9 @@ def check_supported(cfg: ModelConfig) -> None:
 
 class OLMo(nn.Module):
     """The decoder-only language model; `forward(input_ids) -> logits` over the padded vocabulary."""
+
+    # Whether a tied output projection takes the packed inference matmul (`model/packed_linear.enable`).
+    packed_head = False
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -368,6 +404,8 @@ class OLMo(nn.Module):
         input_ids: torch.Tensor,
         positions: torch.Tensor | None = None,
         cache: AttentionCache | None = None,
+        *,
+        last_only: bool = False,
     ) -> torch.Tensor:
         """input_ids: [b, T] int64 -> logits [b, T, padded_vocab_size].
 
@@ -375,6 +413,8 @@ class OLMo(nn.Module):
         document); a KV cache passes its offset here.
         cache: the KV cache of generation (`olmo_cli.model.generate.KVCache`), which each block reads and
         appends to; None (training, scoring) attends causally within input_ids.
+        last_only: logits of the last position alone, [b, 1, V] (a prefill that only picks the next
+        token: the output projection of the other positions is most of a small model's prefill).
         """
         cfg = self.config
         t = input_ids.shape[1]
@@ -388,15 +428,16 @@ class OLMo(nn.Module):
         x = self.transformer["emb_drop"](x)
         rope = None
         if cfg.rope:
-            cos, sin = rope_tables(positions, cfg.head_dim, cfg.rope_theta)
-            # [T, hd] -> [1, 1, T, hd]; [b, T, hd] -> [b, 1, T, hd]: broadcast over heads.
-            rope = (cos.unsqueeze(-3), sin.unsqueeze(-3))
+            rope = block_rope_tables(positions, cfg)
         for block in self.transformer["blocks"]:
             # The cache only when there is one: wrapped blocks (checkpointing, FSDP) see today's call.
             x = block(x, rope) if cache is None else block(x, rope, cache)
+        if last_only:
+            x = x[:, -1:]
         x = self.transformer["ln_f"](x)
         if cfg.weight_tying:
-            logits = F.linear(x, self.transformer["wte"].weight)
+            weight = self.transformer["wte"].weight
+            logits = packed_linear.linear(x, weight) if self.packed_head else F.linear(x, weight)
         else:
             logits = self.transformer["ff_out"](x)
         if cfg.scale_logits:
