@@ -1,6 +1,7 @@
 """Generation throughput of `olmo generate`'s engine against transformers' `generate`, same model.
 
-One random model from a preset (default: tiny) is written as a native checkpoint, converted with
+One random model from a preset (default: tiny; `--model compass` and the other shapes of
+benchmarks/workloads.py change its size on top of it) is written as a native checkpoint, converted with
 `convert-hf`, and loaded by both sides from disk: ours from the native checkpoint, transformers'
 `AutoModelForCausalLM.from_pretrained` from the export. Same dtype, same thread count, greedy, a prompt
 of --prompt-len tokens and --new-tokens new tokens (EOS never ends a row early on either side), at each
@@ -11,6 +12,7 @@ Prints tokens/s for each side and batch size (median, min-max), then the ratio o
 batch 1 last; with --json that goes to stderr and stdout gets one JSON object (benchmarks/measures.py).
 
     python benchmarks/bench_generate.py [--preset tiny] [--dtype fp32|bf16] [--threads 2] [--repeats 5]
+    python benchmarks/bench_generate.py --model compass --dtype bf16   # d_model 512, 8 layers, vocab 50304
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import torch  # noqa: E402
 from measures import measure, run_benchmark, span  # noqa: E402
+from workloads import MODELS, overrides  # noqa: E402
 
 from olmo_cli.checkpoint.unsharded import write_unsharded  # noqa: E402
 from olmo_cli.config.loader import load_config  # noqa: E402
@@ -40,11 +43,12 @@ from olmo_cli.model.olmo import build_model  # noqa: E402
 
 
 def make_models(
-    preset: str, dtype: torch.dtype, directory: Path
+    preset: str, model: str, dtype: torch.dtype, directory: Path
 ) -> tuple[torch.nn.Module, torch.nn.Module, int]:
     import transformers
 
-    cfg = load_config(preset=preset, overrides=["model.init_std=0.3", "model.init_fn=normal"]).config
+    settings = [*overrides(model), "model.init_std=0.3", "model.init_fn=normal"]
+    cfg = load_config(preset=preset, overrides=settings).config
     native = build_model(cfg.model, seed=0)
     write_unsharded(
         directory / "step0-unsharded", native.state_dict(), None, None, dump_yaml(cfg.model_dump(mode="json"))
@@ -85,6 +89,7 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--model", choices=sorted(MODELS), default="tiny", help="shape on top of the preset")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--prompt-len", type=int, default=32)
@@ -98,9 +103,10 @@ def run(args: argparse.Namespace) -> list[dict]:
     torch.set_num_threads(args.threads)
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     with tempfile.TemporaryDirectory() as tmp:
-        ours, theirs, vocab = make_models(args.preset, dtype, Path(tmp))
+        ours, theirs, vocab = make_models(args.preset, args.model, dtype, Path(tmp))
+    label = args.preset if args.model == "tiny" else f"{args.preset} as {args.model}"
     print(
-        f"preset {args.preset}, {args.dtype}, {args.threads} threads, prompt {args.prompt_len}, "
+        f"preset {label}, {args.dtype}, {args.threads} threads, prompt {args.prompt_len}, "
         f"{args.new_tokens} new tokens, greedy, median of {args.repeats} interleaved runs"
     )
     ratios, measures = {}, []
@@ -115,7 +121,7 @@ def run(args: argparse.Namespace) -> list[dict]:
             theirs_s.append(timed(run_theirs, theirs, prompts, args.new_tokens))
         tokens = batch * args.new_tokens
         found = measure(
-            f"generate batch {batch} ({args.preset}, {args.dtype})",
+            f"generate batch {batch} ({label}, {args.dtype})",
             "tokens/s",
             [tokens / s for s in ours_s],
             [tokens / s for s in theirs_s],

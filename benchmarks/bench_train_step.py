@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from measures import measure, run_benchmark  # noqa: E402
+from workloads import MODELS, overrides  # noqa: E402
 
 from olmo_cli.config.derived import flops_per_token  # noqa: E402
 from olmo_cli.config.loader import load_config  # noqa: E402
@@ -50,28 +51,12 @@ from olmo_cli.model.olmo import build_model  # noqa: E402
 from olmo_cli.train.optim import build_optimizer, clip_and_step  # noqa: E402
 from olmo_cli.train.speed import measure_matmul_peak  # noqa: E402
 
-MODELS = {
-    "tiny": {},  # the preset's own model: d_model 256, 4 layers, 4 heads, vocab 4096
-    "large": {"d_model": 1024, "n_heads": 16, "n_layers": 8},
-    # d_model 512, 8 layers, 8 heads, SwiGLU hidden 1536 (mlp_hidden_size is ff_proj's width, both
-    # branches: 2 x 1536), vocabulary 50304 untied; batch 4x512 by default (SHAPES)
-    "compass": {
-        "d_model": 512,
-        "n_layers": 8,
-        "n_heads": 8,
-        "mlp_hidden_size": 3072,
-        "vocab_size": 50304,
-        "embedding_size": 50304,
-        "weight_tying": False,
-    },
-}
 SHAPES = {"compass": (4, 512)}  # (batch, seq) where --batch / --seq are not given; else 16x256
 
 
 def config(model: str, seq_len: int, precision: str) -> TrainConfig:
-    overrides = [f"model.{k}={v}" for k, v in MODELS[model].items()]
-    overrides += [f"model.max_sequence_length={seq_len}", f"precision={precision}"]
-    return load_config(preset="tiny", overrides=overrides).config
+    settings = [*overrides(model), f"model.max_sequence_length={seq_len}", f"precision={precision}"]
+    return load_config(preset="tiny", overrides=settings).config
 
 
 def ours(cfg: TrainConfig, autocast: Callable) -> tuple[torch.nn.Module, Callable[[torch.Tensor], float]]:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 
 import torch
 
+from olmo_cli.model import packed_linear
 from olmo_cli.model.olmo import OLMo
 
 if TYPE_CHECKING:
@@ -242,6 +243,7 @@ def generate_ids(
     The model should be in eval mode (dropout off), as `load_model` returns it.
     """
     _, device = model_placement(model)
+    packed_linear.enable(model)
     ids, real = _left_pad(prompts, settings.pad_token_id, device)
     batch, width = ids.shape
     capacity = width + settings.max_new_tokens
@@ -256,7 +258,7 @@ def generate_ids(
     generator = _generator(settings, device)
     results = [Generated() for _ in range(batch)]
     active = list(range(batch))
-    logits = model(ids, positions, cache)[:, -1]
+    logits = model(ids, positions, cache, last_only=True)[:, -1]
     next_pos = positions[..., -1:] + 1  # [b, 1] or [1]
     for step in range(settings.max_new_tokens):
         tokens = choose_next(logits, settings, generator)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from olmo_cli.model import packed_linear
 from olmo_cli.model.generate import FinishReason, GenerationSettings, TextStream, choose_next
 from olmo_cli.model.olmo import OLMo
 from olmo_cli.serve.slots import SlotCache
@@ -117,7 +118,7 @@ class Engine:
         max_queue: int,
         context: int,
     ) -> None:
-        self.model = model
+        self.model = packed_linear.enable(model)  # the decode step's small matmuls (model/packed_linear.py)
         self.max_batch = max_batch
         self.max_tokens_in_flight = max_tokens_in_flight
         self.max_queue = max_queue
