@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from olmo_cli.config.schema import ModelConfig
 
 __all__ = [
+    "cache_dtype",
     "check_cache_fits",
     "Completion",
     "Generated",
@@ -37,6 +38,18 @@ __all__ = [
 ]
 
 FinishReason = Literal["eos", "stop", "length"]
+
+
+def cache_dtype(dtype: torch.dtype, device: torch.device | str) -> torch.dtype:
+    """The dtype a KV cache keeps keys and values in for a model computing in `dtype` on `device`.
+
+    On a CPU, fp32 for a bf16/fp16 model: its attention kernels at one query per row are 4-6x faster in
+    fp32 than in bf16 (and the cache holds the bf16-rounded keys exactly). Twice the cache memory, which
+    `KVCache.bytes_for` counts. Elsewhere the model's own dtype.
+    """
+    if torch.device(device).type == "cpu" and dtype in (torch.bfloat16, torch.float16):
+        return torch.float32
+    return dtype
 
 
 def model_placement(model: torch.nn.Module) -> tuple[torch.dtype, torch.device]:
@@ -93,15 +106,19 @@ class KVCache:
             cfg.effective_n_kv_heads,
             cfg.head_dim,
             capacity,
-            dtype=dtype,
+            dtype=cache_dtype(dtype, device),
             device=device,
             key_valid=key_valid,
         )
 
     @staticmethod
-    def bytes_for(cfg: ModelConfig, batch: int, capacity: int, dtype: torch.dtype) -> int:
-        """What `for_model` allocates: keys and values of every layer, plus the key mask."""
-        per_token = 2 * cfg.n_layers * cfg.effective_n_kv_heads * cfg.head_dim * dtype.itemsize
+    def bytes_for(
+        cfg: ModelConfig, batch: int, capacity: int, dtype: torch.dtype, device: torch.device | str = "cpu"
+    ) -> int:
+        """What `for_model` allocates for a model in `dtype` on `device`: keys and values of every layer
+        (in `cache_dtype`), plus the key mask."""
+        itemsize = cache_dtype(dtype, device).itemsize
+        per_token = 2 * cfg.n_layers * cfg.effective_n_kv_heads * cfg.head_dim * itemsize
         return batch * capacity * (per_token + 1)
 
     def update(
@@ -409,10 +426,10 @@ def check_cache_fits(
     if have is None:
         return
     weights = num_params(cfg) * dtype.itemsize
-    need = KVCache.bytes_for(cfg, batch, longest_prompt + max_new_tokens, dtype)
+    need = KVCache.bytes_for(cfg, batch, longest_prompt + max_new_tokens, dtype, device)
     if weights + need <= have:
         return
-    per_token = KVCache.bytes_for(cfg, batch, 1, dtype)
+    per_token = KVCache.bytes_for(cfg, batch, 1, dtype, device)
     fits = max((have - weights) // per_token - longest_prompt, 0)
     raise UsageError(
         f"--max-new-tokens {max_new_tokens:,} needs a KV cache of {human_bytes(need)} for {batch} "

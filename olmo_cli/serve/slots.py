@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import torch
 
-from olmo_cli.model.generate import KVCache, model_placement
+from olmo_cli.model.generate import KVCache, cache_dtype, model_placement
 from olmo_cli.model.olmo import OLMo
 
 __all__ = ["SlotCache"]
@@ -29,8 +29,8 @@ class SlotCache:
         # Zeros, not uninitialized memory: a decode step reads each row's keys and values up to the longest
         # row's length, masked past its own; a masked value still enters the weighted sum (times 0), and
         # 0 * NaN from leftover bytes would poison the row. Entries left by an earlier request are finite.
-        self.keys = torch.zeros(shape, dtype=dtype, device=device)
-        self.values = torch.zeros(shape, dtype=dtype, device=device)
+        self.keys = torch.zeros(shape, dtype=cache_dtype(dtype, device), device=device)
+        self.values = torch.zeros(shape, dtype=cache_dtype(dtype, device), device=device)
         self.n_layers = cfg.n_layers
         self.slots = slots
         self.capacity = capacity
@@ -44,8 +44,8 @@ class SlotCache:
 
     @staticmethod
     def bytes_for(model: OLMo, slots: int, capacity: int) -> int:
-        dtype, _ = model_placement(model)
-        return KVCache.bytes_for(model.config, slots, capacity, dtype)
+        dtype, device = model_placement(model)
+        return KVCache.bytes_for(model.config, slots, capacity, dtype, device)
 
     # ---- a forward's setup ---------------------------------------------------------------------------
 

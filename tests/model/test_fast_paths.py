@@ -58,3 +58,39 @@ def test_gradients_equal_transformers(overrides):
     for name, param in model.named_parameters():
         error = (param.grad - theirs[name]).norm() / theirs[name].norm()
         assert error < 1e-5, (name, error.item())  # fp32 sums in other orders: about 1e-6
+
+
+@pytest.mark.parametrize("qk_norm", [False, True], ids=["fused", "qk-norm"])
+def test_a_generations_rope_memo_gives_the_tables_a_forward_computes(qk_norm):
+    from olmo_cli.model.olmo import RopeMemo, block_rope_tables
+
+    cfg = tiny_config(attention_layer_norm=qk_norm, n_kv_heads=2)
+    memo = RopeMemo(cfg, 300, torch.device("cpu"))
+    for positions in (torch.arange(37), torch.tensor([299]), torch.tensor([[0, 0, 1, 2], [5, 6, 7, 8]])):
+        for got, expected in zip(memo.take(positions), block_rope_tables(positions, cfg), strict=True):
+            assert got.shape == expected.shape
+            assert torch.equal(got, expected)
+
+
+def test_a_bf16_models_cache_attends_in_fp32_and_agrees_with_a_bf16_cache():
+    """generate.cache_dtype keeps a bf16 model's keys and values in fp32 on a CPU (faster attention); the
+    logits of a prefill and decode steps agree with a bf16 cache's and a whole forward's, to bf16 rounding."""
+    from olmo_cli.model.generate import KVCache, cache_dtype
+
+    assert cache_dtype(torch.bfloat16, "cpu") == torch.float32
+    assert cache_dtype(torch.float32, "cpu") == torch.float32
+    assert cache_dtype(torch.bfloat16, "meta") == torch.bfloat16
+    cfg = tiny_config()
+    model = build_model(cfg, seed=2).eval().to(torch.bfloat16)
+    ids = torch.randint(0, cfg.vocab_size, (2, 12), generator=torch.Generator().manual_seed(3))
+    runs = []
+    with torch.inference_mode():
+        for dtype in (torch.float32, torch.bfloat16):
+            cache = KVCache(cfg.n_layers, 2, cfg.n_heads, cfg.head_dim, 12, dtype=dtype, device="cpu")
+            prefill = model(ids[:, :8], torch.arange(8), cache)
+            steps = [model(ids[:, i : i + 1], torch.tensor([i]), cache) for i in range(8, 12)]
+            runs.append(torch.cat([prefill, *steps], dim=1).float())
+        whole = model(ids).float()
+    assert KVCache.for_model(model, 1, 4).keys.dtype == torch.float32
+    for run in runs:
+        torch.testing.assert_close(run, whole, rtol=0.05, atol=0.05)
