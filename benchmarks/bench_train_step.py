@@ -21,6 +21,7 @@ with --json that goes to stderr and stdout gets one JSON object (benchmarks/meas
     python benchmarks/bench_train_step.py --model compass --precision fp32  # batch 4x512 (see MODELS)
     python benchmarks/bench_train_step.py --model large --batch 4 --seq 512  # d_model 1024, 8 layers
     python benchmarks/bench_train_step.py --profile             # also a torch.profiler table of ours
+    python benchmarks/bench_train_step.py --model compass --compile  # ours with torch.compile per block
 """
 
 from __future__ import annotations
@@ -44,11 +45,12 @@ from workloads import MODELS, overrides  # noqa: E402
 
 from olmo_cli.config.derived import flops_per_token  # noqa: E402
 from olmo_cli.config.loader import load_config  # noqa: E402
-from olmo_cli.config.schema import TrainConfig  # noqa: E402
+from olmo_cli.config.schema import CompilerConfig, TrainConfig  # noqa: E402
 from olmo_cli.convert.hf import hf_config_dict, to_hf_state_dict  # noqa: E402
 from olmo_cli.model.loss import cross_entropy_loss  # noqa: E402
 from olmo_cli.model.olmo import build_model  # noqa: E402
 from olmo_cli.train.optim import build_optimizer, clip_and_step  # noqa: E402
+from olmo_cli.train.parallelize import apply_compile  # noqa: E402
 from olmo_cli.train.speed import measure_matmul_peak  # noqa: E402
 
 SHAPES = {"compass": (4, 512)}  # (batch, seq) where --batch / --seq are not given; else 16x256
@@ -156,6 +158,11 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="ours with torch.compile per block (the config's `compile: {}`); its compile time is in warm-up",
+    )
+    parser.add_argument(
         "--same-stack", action="store_true", help="transformers' model with our loss and optimizer code"
     )
     return run_benchmark("train_step", parser, run)
@@ -174,6 +181,8 @@ def run(args: argparse.Namespace) -> dict:
 
     ours_model, ours_step = ours(cfg, autocast)
     weights = {k: v.detach().clone() for k, v in ours_model.state_dict().items()}
+    if args.compile:  # what `compile: {}` in a config does (train/parallelize.apply_compile)
+        apply_compile(ours_model, CompilerConfig())
     hf_model, hf_step = transformers_model(cfg, weights, autocast, args.same_stack)
     ids = torch.randint(
         0, cfg.model.vocab_size, (args.batch, args.seq), generator=torch.Generator().manual_seed(0)
@@ -185,6 +194,7 @@ def run(args: argparse.Namespace) -> dict:
         f"batch {args.batch}x{args.seq}; {args.precision}; {args.threads} threads; "
         f"torch {torch.__version__}; max |logit difference| fp32 {diff:.2e}; "
         f"transformers with {'our loss and optimizer' if args.same_stack else 'its own loss, fused AdamW'}"
+        + ("; ours with torch.compile per block" if args.compile else "")
     )
     steps = {"ours": ours_step, "transformers": hf_step}
     for step in steps.values():
