@@ -71,6 +71,14 @@ def tokenize_command(
         bool,
         typer.Option("--txt-per-line", help="Each line of a .txt file is a document (default: each file)."),
     ] = False,
+    strip: Annotated[
+        bool,
+        typer.Option(
+            "--strip/--no-strip",
+            help="Leave out a document's leading and trailing whitespace, as `dolma tokens` (which made "
+            "upstream's training data) does.",
+        ),
+    ] = True,
     eos: Annotated[
         bool, typer.Option("--eos/--no-eos", help="Append the EOS id after every document.")
     ] = True,
@@ -130,7 +138,8 @@ def tokenize_command(
     Input rules: empty documents (no text, only whitespace, blank lines) are skipped and counted.
     A line that is not JSON, or lacks the text field, stops the run naming file:line (exit 3) unless
     --skip-bad. Invalid UTF-8 is decoded with U+FFFD replacement characters; such documents are kept
-    and counted. Text is tokenized as it is (not stripped).
+    and counted. A document's leading and trailing whitespace is left out (--no-strip keeps it), as
+    upstream's prepare_memmap_dataset.py and `dolma tokens` do.
 
     Examples:
 
@@ -146,6 +155,7 @@ def tokenize_command(
     options = TokenizeOptions(
         text_field=text_field,
         txt_per_line=txt_per_line,
+        strip=strip,
         eos=eos,
         bos=bos,
         max_tokens_per_file=max_tokens_per_file,

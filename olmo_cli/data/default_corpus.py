@@ -47,7 +47,7 @@ Split = Literal["train", "validation"]
 SPLITS: tuple[Split, ...] = ("train", "validation")
 VALIDATION_FRACTION = 0.02
 READY = "ready.json"
-_LAYOUT = "default-corpus/1"  # part of the cache key: bump when the split or layout changes
+_LAYOUT = "default-corpus/2"  # part of the cache key: bump when the split, layout or encoding changes
 
 
 def default_cache_dir() -> Path:

@@ -4,6 +4,8 @@ Rules (also stated in `olmo data tokenize --help`):
 - invalid UTF-8 is decoded with U+FFFD replacement characters (and lone surrogates from JSON escapes
   likewise replaced); the document is kept and counted as `invalid_utf8`;
 - an empty document (no text, or only whitespace; or a blank line) is skipped and counted;
+- a document's leading and trailing whitespace (Python's `str.strip`) is not tokenized, as `dolma tokens`
+  (which made upstream's training data) does; `strip=False` keeps it. Conversations are not stripped;
 - a line that is not a JSON object, or lacks the text field (or, with chat, a valid `messages` list),
   is nested too deeply to parse, or is longer than the record limit (`inputs.MAX_RECORD_BYTES`), is
   bad: the run stops naming `file:line`, or with `skip_bad` it is skipped and counted;
@@ -41,6 +43,7 @@ class EncodeSettings:
     names: dict[int, str]  # input index -> input name, for document ids and error messages
     text_field: str = "text"
     txt_per_line: bool = False
+    strip: bool = True
     add_eos: bool = True
     add_bos: bool = False
     chat: bool = False
@@ -117,7 +120,7 @@ class Encoder:
                 raise ValueError("--chat reads JSON Lines with a `messages` list, not text files")
             if self.s.txt_per_line:
                 text = text.removesuffix("\n").removesuffix("\r")  # the line break ends, not belongs to, it
-            return (text if text.strip() else None), None
+            return self._document(text), None
         if not text.strip():  # a blank line (often the last) holds no document, rather than bad JSON
             return None, None
         try:
@@ -138,7 +141,14 @@ class Encoder:
         value = obj[self.s.text_field]
         if not isinstance(value, str):
             raise ValueError(f"field {self.s.text_field!r} is {type(value).__name__}, not a string")
-        return (value if value.strip() else None), doc_id
+        return self._document(value), doc_id
+
+    def _document(self, text: str) -> str | None:
+        """The text to tokenize, or None for an empty document."""
+        stripped = text.strip()
+        if not stripped:
+            return None
+        return stripped if self.s.strip else text
 
     def _encode_texts(
         self, texts: list[str], lines: list[int], doc_ids: list[str], result: ChunkResult

@@ -39,6 +39,7 @@ MAX_BAD_EXAMPLES = 5
 class TokenizeOptions:
     text_field: str = "text"
     txt_per_line: bool = False
+    strip: bool = True  # a document's surrounding whitespace is not tokenized, as `dolma tokens` does
     eos: bool = True
     bos: bool = False
     max_tokens_per_file: int = DEFAULT_MAX_TOKENS_PER_FILE
@@ -273,6 +274,7 @@ def _settings(
         names={i: f.name for i, f in enumerate(files)},
         text_field=options.text_field,
         txt_per_line=options.txt_per_line,
+        strip=options.strip,
         add_eos=options.eos,
         add_bos=options.bos,
         chat=options.chat,

@@ -28,8 +28,10 @@ TOK = Tokenizer.from_file(str(BUILTIN_FILE))
 EOS = 0
 
 
-def expected_ids(text: str) -> list[int]:
-    return TOK.encode(text, add_special_tokens=False).ids + [EOS]
+def expected_ids(text: str, strip: bool = True) -> list[int]:
+    """A document's ids: its text without the surrounding whitespace (upstream's prepare_memmap_dataset.py
+    and `dolma tokens` strip it), encoded, then EOS."""
+    return TOK.encode(text.strip() if strip else text, add_special_tokens=False).ids + [EOS]
 
 
 @pytest.fixture
@@ -329,3 +331,18 @@ def test_cli_summary_table_and_json(corpus, tmp_path):
     summary = json.loads(again.stdout)
     assert summary["already_complete"] is True and summary["documents"] == 70
     assert np.fromfile(tmp_path / "o" / "part-00000.npy", dtype="<u2").size == summary["tokens"]
+
+
+def test_surrounding_whitespace_is_left_out_unless_no_strip(tmp_path):
+    texts = ["  indented start", "trailing space \n\n", "\u3000ideographic\u2003", "inner  \n  kept"]
+    path = write_jsonl(tmp_path / "in.jsonl", [{"text": t} for t in texts])
+    tokenize([str(path)], BUILTIN, tmp_path / "stripped", TokenizeOptions(processes=1))
+    stripped = [ids.tolist() for _, ids, _ in read_docs(tmp_path / "stripped")]
+    assert stripped == [TOK.encode(t.strip(), add_special_tokens=False).ids + [EOS] for t in texts]
+    assert stripped[3] == expected_ids("inner  \n  kept")  # whitespace inside a document stays
+    tokenize([str(path)], BUILTIN, tmp_path / "kept", TokenizeOptions(strip=False, processes=1))
+    kept = [ids.tolist() for _, ids, _ in read_docs(tmp_path / "kept")]
+    assert kept == [expected_ids(t, strip=False) for t in texts]
+    assert kept[:3] != stripped[:3]
+    manifest = json.loads((tmp_path / "kept" / "manifest.json").read_text())
+    assert manifest["options"]["strip"] is False
