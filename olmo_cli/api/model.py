@@ -305,9 +305,9 @@ class Model:
         max_tokens: int | None = None,
     ) -> float:
         """Token-weighted perplexity, exp(summed NLL / predicted tokens), as `olmo eval --perplexity`
-        reports it. `data`: a list of texts (each a document + EOS, as `olmo data tokenize` writes them,
-        read as one stream), or a path `olmo eval --perplexity` takes (token files, a token directory, a
-        glob, .jsonl/.txt text). The stream is cut into windows of `seq_len` tokens (default: the
+        reports it. `data`: a list of texts (each stripped, a document + EOS, as `olmo data tokenize`
+        writes them, read as one stream), or a path `olmo eval --perplexity` takes (token files, a token
+        directory, a glob, .jsonl/.txt text). The stream is cut into windows of `seq_len` tokens (default: the
         model's max_sequence_length); every token but a window's first is predicted."""
         from olmo_cli.eval.perplexity_sources import evaluate_source, token_byte_lengths
 
@@ -334,6 +334,7 @@ class Model:
         texts = list(data)
         if not all(isinstance(t, str) for t in texts):
             raise UsageError("perplexity takes a list of texts or a data path (a str or Path)")
-        docs = [self.tokenizer.encode(t, add_eos=True) for t in texts if t.strip()]
+        # Each text as `olmo data tokenize` makes a document of it: stripped, empty ones left out.
+        docs = [self.tokenizer.encode(t.strip(), add_eos=True) for t in texts if t.strip()]
         stream = np.asarray([i for doc in docs for i in doc], dtype=np.int64)
         return PplSource("texts", "text", ["<texts>"], [stream])

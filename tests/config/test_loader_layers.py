@@ -47,9 +47,9 @@ def test_precedence_of_every_layer(tmp_path):
 
 def test_defaults_may_depend_on_what_is_below():
     def capped(below):
-        return {"global_train_batch_size": min(below.get("global_train_batch_size") or 512, 16)}
+        return {"global_train_batch_size": min(below.get("global_train_batch_size") or 512, 4)}
 
-    assert load_config(preset="tiny", defaults=capped).config.global_train_batch_size == 16
+    assert load_config(preset="tiny", defaults=capped).config.global_train_batch_size == 4  # preset's: 8
 
 
 def test_explicit_keys_are_the_user_s(tmp_path):

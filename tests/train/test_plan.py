@@ -67,13 +67,13 @@ def test_tiny_plan_by_hand():
     assert PARAMS_TINY == 3_670_016
     assert plan.params == PARAMS_TINY
     assert plan.non_embedding_params == 4 * BLOCK_TINY
-    assert plan.tokens_per_step == 32 * 256
+    assert plan.tokens_per_step == 8 * 256
     assert (plan.steps, plan.train_steps) == (300, 310)
-    assert plan.total_tokens == 310 * 8192
+    assert plan.total_tokens == 310 * 2048
     per_token = 2 * 4 * BLOCK_TINY + 4 * 4 * 256 * 256 + 4 * PARAMS_TINY + 8 * 4 * 256 * 256
     assert plan.training_flops_per_token == per_token == 23_068_672
-    assert plan.seconds == pytest.approx(per_token * 310 * 8192 / 0.5e12)
-    assert (plan.device_batch_size, plan.grad_accum_steps) == (32, 2)
+    assert plan.seconds == pytest.approx(per_token * 310 * 2048 / 0.5e12)
+    assert (plan.device_batch_size, plan.grad_accum_steps) == (8, 2)
     assert make_plan(cfg, world_size=2).grad_accum_steps == 1
 
 
@@ -82,7 +82,7 @@ def test_fp32_plan_has_no_bf16_copies_and_larger_activations():
     fp32 = make_plan(preset("tiny", precision="fp32"), world_size=1).memory
     assert fp32.gathered_params == 0 and bf16.gathered_params == 2 * PARAMS_TINY
     assert fp32.activations == 2 * bf16.activations
-    assert fp32.logits == 16 * 256 * 4096 * 8
+    assert fp32.logits == 4 * 256 * 4096 * 8  # one micro-batch: 4 x 256 positions
 
 
 def test_count_parameters_on_meta_builds_the_real_model():
@@ -97,24 +97,28 @@ def test_unsupported_model_is_a_config_error():
         count_parameters_on_meta(model)
 
 
+# The batch arithmetic below on a global batch of 32 in micro-batches of 16 (the preset's is 8 in one).
+BATCH_32 = {"global_train_batch_size": 32, "device_train_microbatch_size": 16}
+
+
 @pytest.mark.parametrize(
     ("world", "message"),
     [(3, "not divisible by the world size"), (4, "device_train_microbatch_size \\(16\\) does not divide")],
 )
 def test_batch_that_does_not_split_is_a_config_error(world, message):
     with pytest.raises(ConfigError, match=message) as info:
-        batch_split(preset("tiny"), world)
+        batch_split(preset("tiny", **BATCH_32), world)
     assert info.value.hint
 
 
 def test_microbatch_hint_names_a_divisor():
     with pytest.raises(ConfigError) as info:
-        batch_split(preset("tiny", device_train_microbatch_size=12), 1)  # 32 instances per rank
+        batch_split(preset("tiny", **{**BATCH_32, "device_train_microbatch_size": 12}), 1)  # 32 per rank
     assert "device_train_microbatch_size=8" in (info.value.hint or "")
 
 
 def test_epoch_duration_needs_the_data_size():
-    cfg = preset("tiny", max_duration="2ep")
+    cfg = preset("tiny", max_duration="2ep", **BATCH_32)
     unknown = make_plan(cfg, world_size=1, peak_flops=1e12)
     assert unknown.steps is None and unknown.total_tokens is None and unknown.seconds is None
     assert "epochs" in (unknown.note or "")
@@ -126,7 +130,7 @@ def test_epoch_duration_needs_the_data_size():
 
 def test_token_duration_rounds_steps_up():
     plan = make_plan(preset("tiny", max_duration="100000T"), world_size=1)
-    assert plan.steps == math.ceil(100_000 / 8192) == 13
+    assert plan.steps == math.ceil(100_000 / 2048) == 49
 
 
 def test_as_dict_is_json():
