@@ -17,6 +17,7 @@ import random
 import resource
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -43,34 +44,53 @@ class Outcome:
     peak_rss: int | None  # bytes; None in this process (bounded by HEADROOM instead)
 
 
-def _limit_memory() -> None:
-    resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE, ADDRESS_SPACE))
+# Starts `olmo` from a fresh small process and reports that child's own peak RSS. Linux's wait4 reports
+# for a child at least the resident size of the process it was forked from (exec records the old memory
+# map's high-water mark), so a child forked straight from this test process (over 1 GiB after a few
+# hundred tests) would be charged for the suite's memory, not its own. This runner is small when it
+# forks, so its child's figure is the child's.
+_RUNNER = """
+import os, resource, signal, sys
+limit, report, argv = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
+pid = os.fork()
+if pid == 0:
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    try:
+        os.execv(argv[0], argv)
+    finally:
+        os._exit(127)
+for number in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(number, lambda n, _f: os.kill(pid, n))
+_, status, usage = os.wait4(pid, 0)
+with open(report, "w") as f:
+    f.write(str(usage.ru_maxrss * 1024))
+code = os.waitstatus_to_exitcode(status)
+if code < 0:
+    signal.signal(-code, signal.SIG_DFL)
+    os.kill(os.getpid(), -code)
+sys.exit(code)
+"""
 
 
 def run_bounded(*args: str, cwd: Path) -> Outcome:
-    """`olmo ARGS` with capped memory, killed after twice the time limit; its own peak RSS comes from
-    wait4, which reports on exactly this child."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+    """`olmo ARGS` with capped memory, killed after twice the time limit, and its own peak RSS."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, tempfile.TemporaryDirectory() as d:
+        report = Path(d) / "peak-rss"
         start = time.monotonic()
         proc = subprocess.Popen(
-            [olmo_executable(), *args],
+            [sys.executable, "-c", _RUNNER, str(ADDRESS_SPACE), str(report), olmo_executable(), *args],
             cwd=cwd,
             env=clean_env(),
             stdout=out,
             stderr=err,
-            preexec_fn=_limit_memory,
+            start_new_session=True,
         )
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.monotonic() - start > 2 * TIME_LIMIT_S:
-                proc.kill()
-                _, status, usage = os.wait4(proc.pid, 0)
-                break
-            time.sleep(0.02)
+        try:
+            proc.wait(timeout=2 * TIME_LIMIT_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait()
         seconds = time.monotonic() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here; Popen must not wait again
         out.seek(0)
         err.seek(0)
         return Outcome(
@@ -78,7 +98,7 @@ def run_bounded(*args: str, cwd: Path) -> Outcome:
             out.read().decode("utf-8", "replace"),
             err.read().decode("utf-8", "replace"),
             seconds,
-            usage.ru_maxrss * 1024,
+            int(report.read_text()) if report.is_file() else None,
         )
 
 
