@@ -399,7 +399,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     try:
         dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
-        *_, vocab = make_models(args.preset, dtype, tmp)
+        *_, vocab = make_models(args.preset, "tiny", dtype, tmp)
         env = server_env(args.threads, args.omp_wait)
         ours = Server(
             "olmo serve",

@@ -1,7 +1,7 @@
 """Every benchmark in one go, with small settings, and one table of their figures.
 
 Runs each benchmarks/bench_*.py as its own process with `--json` and the small arguments in BENCHMARKS
-(about four minutes in all on 2 cores; each script interleaves its repetitions, so that a ratio
+(about eight minutes in all on 2 cores; each script interleaves its repetitions, so that a ratio
 compares both sides under the same load), collects their `measures` (benchmarks/measures.py) and prints
 one table: benchmark, measure, unit, ours, the anchor and its name, the ratio (above 1: ours does better;
 for times and memory it is anchor/ours), and the lowest-highest repetition of each side. A benchmark
@@ -59,8 +59,24 @@ BENCHMARKS = {
         ["--batch", "8", "--seq", "128", "--warmup", "1", "--steps", "2", "--repeats", "5"],
         missing_modules("transformers"),
     ),
+    # The compass workload (benchmarks/workloads.py), in both precisions: issue 20's figures.
+    "train_compass_bf16": Benchmark(
+        "bench_train_step.py",
+        ["--model", "compass", "--precision", "amp_bf16", "--warmup", "1", "--steps", "1", "--repeats", "3"],
+        missing_modules("transformers"),
+    ),
+    "train_compass_fp32": Benchmark(
+        "bench_train_step.py",
+        ["--model", "compass", "--precision", "fp32", "--warmup", "1", "--steps", "1", "--repeats", "3"],
+        missing_modules("transformers"),
+    ),
     "generate": Benchmark(
         "bench_generate.py", ["--new-tokens", "32", "--repeats", "5"], missing_modules("transformers")
+    ),
+    "generate_compass_bf16": Benchmark(
+        "bench_generate.py",
+        ["--model", "compass", "--dtype", "bf16", "--new-tokens", "32", "--repeats", "3"],
+        missing_modules("transformers"),
     ),
     "tokenize": Benchmark(
         "bench_tokenize.py", ["--mb", "10", "--files", "4", "--repeats", "3"], dolma_missing

@@ -29,7 +29,9 @@ def test_one_benchmark_reaches_the_table_and_the_json():
     assert proc.returncode == 0, proc.stderr
     combined = json.loads(proc.stdout)
     assert combined["benchmarks"][0]["status"] == "ok"
-    (found,) = combined["measures"]
+    found, of_peak = combined["measures"]  # tokens/s against transformers, our FLOP/s against the peak
+    assert of_peak["unit"] == "TFLOP/s" and "matmul peak" in of_peak["anchor_name"]
+    assert 0 < of_peak["ratio"] == of_peak["ours"] / of_peak["anchor"]
     assert KEYS <= set(found) and found["benchmark"] == "train_step"
     assert found["anchor_name"] == "transformers" and found["unit"] == "tokens/s"
     assert found["ours_spread"][0] <= found["ours"] <= found["ours_spread"][1]
