@@ -30,10 +30,11 @@ __all__ = ["PackedLinear", "available", "enable", "linear"]
 _ENV = "OLMO_PACKED_LINEAR"
 _DTYPES = (torch.float32, torch.bfloat16)
 _SMALL_FP32 = 1 << 18
-# id(weight) -> (weak reference to it, (version, data_ptr), packed copy). Keyed by id, not by the tensor
-# (a weak-keyed dict compares tensors with ==); the reference's callback drops the entry with the weight,
-# so a dropped model frees its packed copies too.
-_PACKED: dict[int, tuple[weakref.ref, tuple[int, int], torch.Tensor]] = {}
+# id(weight) -> (weak reference to it, (version, data_ptr), packed copy), or (reference, None, None) for a
+# weight that never takes the packed path. Keyed by id, not by the tensor (a weak-keyed dict compares
+# tensors with ==); the reference's callback drops the entry with the weight, so a dropped model frees
+# its packed copies too.
+_PACKED: dict[int, tuple[weakref.ref, tuple[int, int] | None, torch.Tensor | None]] = {}
 _AVAILABLE: bool | None = None
 
 
@@ -64,40 +65,54 @@ def available() -> bool:
     return _AVAILABLE
 
 
-def _packed(weight: torch.Tensor) -> torch.Tensor:
-    key, stamp = id(weight), (weight._version, weight.data_ptr())
-    cached = _PACKED.get(key)
-    if cached is not None and cached[0]() is weight and cached[1] == stamp:
-        return cached[2]
-    packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach())
-    _PACKED[key] = (weakref.ref(weight, lambda _, key=key: _PACKED.pop(key, None)), stamp, packed)
-    return packed
-
-
-def _eligible(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
-    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
-        return False
-    if weight.device.type != "cpu" or weight.dtype not in _DTYPES or x.dtype != weight.dtype:
-        return False
+def _weight_takes_it(weight: torch.Tensor) -> bool:
+    """What never changes for one weight tensor: a plain 2-d CPU tensor in fp32/bf16 with a version
+    counter (one made under inference_mode has none, so a change to it could not be noticed)."""
     # Plain tensors only: no DTensor (FSDP), no tensor subclass, nothing already in oneDNN's layout.
-    if type(weight) not in (torch.Tensor, nn.Parameter) or type(x) is not torch.Tensor or weight.is_mkldnn:
+    if type(weight) not in (torch.Tensor, nn.Parameter) or weight.device.type != "cpu":
         return False
-    if weight.is_inference():  # made under inference_mode: no version counter to notice a change by
-        return False
-    if bias is not None and (type(bias) not in (torch.Tensor, nn.Parameter) or bias.dtype != weight.dtype):
-        return False
-    return weight.dim() == 2 and not torch.is_autocast_enabled("cpu") and available()
+    plain = weight.dtype in _DTYPES and weight.dim() == 2
+    return plain and not weight.is_mkldnn and not weight.is_inference()
+
+
+def _packed(weight: torch.Tensor) -> torch.Tensor | None:
+    """The weight's packed copy (made now if it is missing or the weight changed), or None when this
+    weight does not take the packed path; both answers cached per weight, so a decode step pays a dict
+    lookup."""
+    key = id(weight)
+    cached = _PACKED.get(key)
+    if cached is not None and cached[0]() is weight:
+        if cached[2] is None:
+            return None
+        if cached[1] == (weight._version, weight.data_ptr()):
+            return cached[2]
+    ref = weakref.ref(weight, lambda _, key=key: _PACKED.pop(key, None))
+    if not _weight_takes_it(weight):
+        _PACKED[key] = (ref, None, None)
+        return None
+    packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach())
+    _PACKED[key] = (ref, (weight._version, weight.data_ptr()), packed)
+    return packed
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """`F.linear(x, weight, bias)`, through the packed weight where that applies (see the module)."""
-    if not _eligible(x, weight, bias):
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
         return F.linear(x, weight, bias)
-    if weight.dtype == torch.float32 and weight.numel() <= _SMALL_FP32 and x.numel() == x.shape[-1]:
+    if type(x) is not torch.Tensor or x.dtype != weight.dtype or not available():
+        return F.linear(x, weight, bias)
+    if bias is not None and (type(bias) not in (torch.Tensor, nn.Parameter) or bias.dtype != weight.dtype):
+        return F.linear(x, weight, bias)
+    if weight.dtype == torch.float32 and x.numel() == x.shape[-1] and weight.numel() <= _SMALL_FP32:
         # One fp32 row by a small weight: oneDNN's fixed cost per call is more than the product itself
         # (256x256: 20 us packed, 7 us plain; the two meet near 2^18 elements).
         return F.linear(x, weight, bias)
-    return torch.ops.mkldnn._linear_pointwise(x, _packed(weight), bias, "none", [], "")
+    if torch.is_autocast_enabled("cpu"):
+        return F.linear(x, weight, bias)
+    packed = _packed(weight)
+    if packed is None:
+        return F.linear(x, weight, bias)
+    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
 
 
 class PackedLinear(nn.Linear):
