@@ -98,11 +98,18 @@ class LayerNorm(nn.Module):
         return self._fp32(x)
 
     def _fp32(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32 and self._fp32_params():
+            # Already fp32 throughout: what the general path below computes, without its casts and checks
+            # (a generated token passes here twice per layer).
+            return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
         weight = self.weight.float() if self.weight is not None else None
         bias = self.bias.float() if self.bias is not None else None
         # fp32 inputs keep every autocast policy from touching the computation.
         out = F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps)
         return out if _autocast_enabled(x.device) else out.to(x.dtype)
+
+    def _fp32_params(self) -> bool:
+        return all(p is None or p.dtype == torch.float32 for p in (self.weight, self.bias))
 
     def _low_precision(self, x: torch.Tensor) -> torch.Tensor:
         if not _autocast_enabled(x.device):
@@ -271,11 +278,14 @@ class OLMoBlock(nn.Module):
         att = self.attention(x if self.norm_after else self.attn_norm(x), rope, cache)
         if self.norm_after:
             att = self.attn_norm(att)
-        x = x + self.dropout(att)
+        x = x + self._residual_dropout(att)
         h = self.ff_out(self.act(self.ff_proj(x if self.norm_after else self.ff_norm(x))))
         if self.norm_after:
             h = self.ff_norm(h)
-        return x + self.dropout(h)
+        return x + self._residual_dropout(h)
+
+    def _residual_dropout(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.dropout.p == 0.0 else self.dropout(x)  # p == 0 in every preset: no module call
 
     def attention(
         self,
@@ -308,7 +318,10 @@ class OLMoBlock(nn.Module):
             # Append this step's k, v to the cache, then attend over all of it.
             k, v, mask, causal = cache.update(self.layer_id, k, v)
             # A cache may keep a low-precision model's keys in fp32 (generate.cache_dtype): attend there.
-            out = self._sdpa(q.to(k.dtype), k, v, mask, causal).to(q.dtype)
+            if q.dtype == k.dtype:
+                out = self._sdpa(q, k, v, mask, causal)
+            else:
+                out = self._sdpa(q.to(k.dtype), k, v, mask, causal).to(q.dtype)
         return self.attn_out(out.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
 
     def _rotated_qkv(
